@@ -264,12 +264,15 @@ def load_index(
     allow_outside_root: bool = False,
     registry: ModalityRegistry | None = None,
     check_files: bool = True,
+    annotations: bool = True,
 ) -> list[IndexEntry]:
     """Load and validate an index file; raise IndexValidationError listing every bad entry.
 
     ``root`` (default: the index file's folder) bounds where paths may point unless
     ``allow_outside_root``. ``check_files`` reads each image and mask header (existence, readability,
     matching size); turn it off only for indexes whose files live elsewhere on purpose.
+    ``annotations=False`` treats the index as unannotated: mask fields and ``organs`` are dropped before
+    validation, so no mask file is ever opened (how target-modality slices are loaded).
     """
     path = Path(path)
     if not path.is_file():
@@ -280,12 +283,22 @@ def load_index(
         raise IndexValidationError(path, [f"not valid UTF-8 JSON: {err}"]) from err
     if not isinstance(raw, list):
         raise IndexValidationError(path, ["the top level must be a JSON list of entries"])
+    if not annotations:
+        raw = [_without_annotations(item) for item in raw]
     parser = _EntryParser(path, Path(root) if root is not None else path.parent, allow_outside_root,
                           registry or load_registry(), check_files)
     entries = [parser.parse(i, item) for i, item in enumerate(raw)]
     if parser.problems:
         raise IndexValidationError(path, parser.problems)
     return entries  # type: ignore[return-value]
+
+
+def _without_annotations(item: Any) -> Any:
+    if not isinstance(item, dict):
+        return item
+    stripped = {k: v for k, v in item.items() if not MASK_FIELD.match(k) and k != "mask_nii_path"}
+    stripped["organs"] = []
+    return stripped
 
 
 def load_indexes(paths: Iterable[str | os.PathLike], **kwargs: Any) -> list[IndexEntry]:
