@@ -26,7 +26,7 @@ from mrgen.data.index import IndexEntry, IndexValidationError, load_index, load_
 from mrgen.data.modalities import ModalityRegistry, load_registry
 from mrgen.data.preprocess import MaskEncoding, preprocess_image, preprocess_mask
 from mrgen.data.prompts import EMPTY_PROMPT, build_prompt, radiopaedia_modality_key
-from mrgen.data.splits import test_patients
+from mrgen.data.splits import held_out_patients
 from mrgen.io.images import read_gray
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class ImageTextDataset(Dataset):
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         registry = registry or load_registry()
         slices = [s for p in index_paths for s in load_text_slices(p, registry)]
-        held_out = test_patients((s.patient_key for s in slices), test_fraction, seed) if split != "all" else set()
+        held_out = held_out_patients((s.patient_key for s in slices), test_fraction, seed) if split != "all" else set()
         if split == "train":
             slices = [s for s in slices if s.patient_key not in held_out]
         elif split == "test":

@@ -7,7 +7,7 @@ import math
 from typing import Iterable
 
 
-def test_patients(patient_keys: Iterable[str], test_fraction: float, seed: int = 0) -> set[str]:
+def held_out_patients(patient_keys: Iterable[str], test_fraction: float, seed: int = 0) -> set[str]:
     """The patients held out for testing: the ``ceil(fraction * n)`` with the smallest seeded hash.
 
     Deterministic for a given seed and set of patients, whatever their order. With at least two

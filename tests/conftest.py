@@ -1,0 +1,64 @@
+"""Shared test setup: offline hubs, few threads, and a tiny hand-made conditional dataset."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from mrgen.data.index import IndexEntry, save_index  # noqa: E402
+from mrgen.data.modalities import load_registry  # noqa: E402
+from mrgen.io.images import write_gray  # noqa: E402
+
+torch.set_num_threads(2)
+
+ORGANS = ["liver", "right kidney", "left kidney", "spleen"]
+
+
+def make_toy_index(root: Path, name: str, modality: str, patients: int = 3, slices: int = 2,
+                   size: tuple[int, int] = (24, 20), seed: int = 0) -> Path:
+    """Write ``patients x slices`` random slices with two organ masks each and their index; return its path."""
+    rng = np.random.default_rng(seed)
+    registry = load_registry()
+    entries = []
+    for p in range(patients):
+        for s in range(slices):
+            stem = root / name / f"p{p}" / f"s{s}"
+            image = rng.integers(0, 255, size, dtype=np.uint8)
+            write_gray(f"{stem}.png", image)
+            liver = np.zeros(size, np.uint8)
+            liver[2:10, 2:10] = 255
+            spleen = np.zeros(size, np.uint8)
+            spleen[12:20, 10:18] = 255
+            masks = [liver, None, None, spleen]
+            mask_paths = []
+            for i, m in enumerate(masks):
+                if m is None:
+                    m = np.zeros(size, np.uint8)
+                write_gray(f"{stem}_mask{i}.png", m)
+                mask_paths.append(Path(f"{stem}_mask{i}.png"))
+            entries.append(IndexEntry(
+                image_path=Path(f"{stem}.png"), mask_paths=mask_paths, modality=modality,
+                modality_attributes=registry.attributes(modality), region="Upper Abdominal Region",
+                label=list(ORGANS), organs=["liver", "spleen"], shape=size, dataset="Toy",
+                patient_id=f"{name}-p{p}", slice_index=s,
+            ))
+    path = root / f"{name}.json"
+    save_index(entries, path)
+    return path
+
+
+@pytest.fixture
+def toy_pair(tmp_path: Path) -> tuple[Path, Path, Path]:
+    """(root, source T1 in-phase index, target T2-SPIR index) of a tiny toy dataset."""
+    source = make_toy_index(tmp_path, "src", "T1 in-phase Abdomen MRI", seed=1)
+    target = make_toy_index(tmp_path, "tgt", "T2 SPIR Abdomen MRI", seed=2)
+    return tmp_path, source, target
