@@ -17,6 +17,31 @@ from typing import Mapping
 
 DEFAULT_REGISTRY_PATH = Path(__file__).resolve().parents[2] / "modality_attributes.json"
 
+# Short names used on command lines and in file names (the original's --modality values) -> registry keys
+MODALITY_ALIASES = {
+    "T1-InPhase": "T1 in-phase Abdomen MRI",
+    "T1-OutPhase": "T1 out-of-phase Abdomen MRI",
+    "T1-OutofPhase": "T1 out-of-phase Abdomen MRI",
+    "T2-SPIR": "T2 SPIR Abdomen MRI",
+    "T1": "T1 Abdomen MRI",
+    "T2": "T2 Abdomen MRI",
+    "ADC": "ADC Abdomen MRI",
+    "CT": "Abdomen CT",
+}
+
+
+def modality_key(name: str) -> str:
+    """A registry key given either the key itself or one of the short names above."""
+    return MODALITY_ALIASES.get(name, name)
+
+
+def modality_short_name(key: str) -> str:
+    """The first short name of a registry key, or the key with spaces turned into underscores."""
+    for alias, target in MODALITY_ALIASES.items():
+        if target == key:
+            return alias
+    return key.replace(" ", "_")
+
 
 class RegistryError(ValueError):
     """A modality registry file is malformed."""

@@ -1,0 +1,305 @@
+"""A synthesis run: target-modality images from source masks, scored by a quality filter, selected.
+
+Masks are split deterministically by entry index (``index % parts == part``); every process appends
+its candidates to its own manifest and skips what any manifest already holds, so a killed run started
+again with the same arguments continues where it stopped. Candidates are generated in fixed batches
+(tries ``[b*n, (b+1)*n)``) and a partly recorded batch is regenerated whole, so a resumed run computes
+exactly what an uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from mrgen.data.datasets import PairConfig, load_condition, pair_prompt
+from mrgen.data.index import IndexEntry
+from mrgen.data.modalities import ModalityRegistry, load_registry, modality_key, modality_short_name
+from mrgen.filtering.base import FilterScores, QualityFilter
+from mrgen.filtering.selection import SelectionRule, Thresholds
+from mrgen.io.atomic import atomic_write_json
+from mrgen.io.images import write_gray, write_rgb
+from mrgen.synthesis import manifest
+from mrgen.synthesis.finalize import write_outputs
+from mrgen.synthesis.outputs import RunLayout
+from mrgen.synthesis.seeds import candidate_seed
+from mrgen.viz import overlay
+
+log = logging.getLogger(__name__)
+
+# Keys of run_config.json that may differ on a resumed run without mixing incompatible samples.
+RESUMABLE_DIFFERENCES = {"num_parts", "part_id", "num_gpus", "thresholds", "top_k", "relax", "keep_relaxed",
+                         "sample_per_mask", "max_masks", "log_dir"}
+
+
+@dataclass
+class SynthesisOptions:
+    """Every flag of ``synthesize_filter_multi.py``; defaults are the original's (reference 6.1)."""
+
+    ckpt: str
+    log_dir: str
+    config: str
+    modality: str | None = None
+    controlnet: str | None = None
+    channels: int = 1
+    sample_per_mask: int = 2
+    num_images_per_prompt: int = 10
+    max_tries_per_mask: int = 20
+    mask_threshold: float = 0.005
+    iou_threshold: float = 0.70
+    confidence_threshold: float = 0.80
+    avg_iou_threshold: float = 0.80
+    avg_confidence_threshold: float = 0.90
+    top_k: int = 5
+    relax: float = 0.10
+    keep_relaxed: int = 1
+    num_gpus: int = 4
+    scheduler: str = "ddim"
+    steps: int = 50
+    guidance_scale: float = 7.0
+    controlnet_scale: float = 1.0
+    seed: int = 0
+    filter: str = "offline"
+    sam2_config: str = "configs/sam2/sam2_hiera_l.yaml"
+    sam2_checkpoint: str = "checkpoints/sam2_hiera_large.pt"
+    sam2_prompt: str = "box"
+    box_jitter: float = 0.0
+    early_stop: bool = False
+    num_parts: int = 1
+    part_id: int = 0
+    refilter: bool = False
+    max_masks: int | None = None
+    size: int | None = None
+    half: bool | None = None
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.part_id < self.num_parts:
+            raise ValueError(f"--part_id must be in [0, --num_parts={self.num_parts}), got {self.part_id}")
+        if self.num_images_per_prompt < 1 or self.max_tries_per_mask < 1:
+            raise ValueError("--num_images_per_prompt and --max_tries_per_mask must be at least 1")
+
+    @property
+    def rule(self) -> SelectionRule:
+        thresholds = Thresholds(self.iou_threshold, self.confidence_threshold, self.avg_iou_threshold,
+                                self.avg_confidence_threshold)
+        return SelectionRule(thresholds, self.top_k, self.sample_per_mask, self.relax, self.keep_relaxed)
+
+
+@dataclass
+class MaskJob:
+    """One source mask to render in the target modality."""
+
+    index: int
+    entry: IndexEntry
+    condition: np.ndarray          # (C, S, S) in [-1, 1]
+    organ_masks: list[np.ndarray]  # per organ (S, S) bool, in the pair's organ order
+    prompt: str
+
+    @property
+    def foreground_fraction(self) -> float:
+        return float(np.any(np.stack(self.organ_masks), axis=0).mean())
+
+
+def inference_entries(pair: PairConfig) -> list[IndexEntry]:
+    """The annotated source slices whose masks are synthesised (the original keeps non-empty ones)."""
+    entries = [e for e in pair.load(pair.inference_indexes) if e.organs]
+    if not entries:
+        raise ValueError(f"pair {pair.name}: no annotated slice in inference_indexes {pair.inference_indexes}")
+    return entries
+
+
+def mask_job(index: int, entry: IndexEntry, pair: PairConfig, registry: ModalityRegistry, modality: str, size: int) -> MaskJob:
+    condition = load_condition(pair, entry, size)
+    organ_masks = pair.encoding.decode(condition, len(pair.organs))
+    return MaskJob(index, entry, condition, organ_masks, pair_prompt(pair, registry, entry, modality))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_hashes(folders: dict[str, Path]) -> dict[str, str]:
+    """sha256 of each model's weights file (what makes two checkpoints the same)."""
+    hashes = {}
+    for name, folder in folders.items():
+        weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+        if not weights:
+            raise FileNotFoundError(f"no weights (*.safetensors or *.bin) in {folder}")
+        hashes[name] = file_sha256(weights[0])
+    return hashes
+
+
+def check_resumable(layout: RunLayout, run_config: dict[str, Any]) -> None:
+    """Refuse to continue a run whose samples would not be compatible with the new arguments."""
+    if not layout.run_config.is_file():
+        return
+    previous = json.loads(layout.run_config.read_text())
+    changed = sorted(k for k in set(previous) | set(run_config)
+                     if k not in RESUMABLE_DIFFERENCES and previous.get(k) != run_config.get(k))
+    if changed:
+        details = "; ".join(f"{k}: was {previous.get(k)!r}, now {run_config.get(k)!r}" for k in changed)
+        raise ValueError(
+            f"{layout.root} holds a run made with different settings ({details}). Mixing them would give "
+            f"incompatible samples: use a new --log_dir, or the previous settings (see {layout.run_config}). "
+            f"Thresholds alone can change with --refilter."
+        )
+
+
+def save_mask_files(layout: RunLayout, job: MaskJob) -> None:
+    write_gray(layout.merged_mask(job.index), np.round((job.condition[0] + 1) / 2 * 255).astype(np.uint8))
+    for m, mask in enumerate(job.organ_masks):
+        write_gray(layout.organ_mask(job.index, m), mask.astype(np.uint8) * 255)
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    return np.round((image[0].numpy() + 1.0) / 2.0 * 255.0).clip(0, 255).astype(np.uint8)
+
+
+def label_map(masks: Sequence[np.ndarray]) -> np.ndarray:
+    labels = np.zeros(masks[0].shape, np.uint8)
+    for i, mask in enumerate(masks):
+        labels[mask] = i + 1
+    return labels
+
+
+def combined_picture(image: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
+    """The mask overlay on the generated image (left) beside the plain image (right)."""
+    return np.concatenate([overlay(image, label_map(masks)), np.repeat(image[..., None], 3, axis=2)], axis=1)
+
+
+class Synthesizer:
+    """Generates, scores and records the candidates of one part of the masks."""
+
+    def __init__(self, options: SynthesisOptions, pair: PairConfig, layout: RunLayout, run_config: dict[str, Any],
+                 sampler: Any, quality_filter: QualityFilter, jobs: Callable[[int], MaskJob], mask_indices: list[int],
+                 part: int, parts: int):
+        self.options = options
+        self.pair = pair
+        self.layout = layout
+        self.run_config = run_config
+        self.sampler = sampler
+        self.filter = quality_filter
+        self.jobs = jobs
+        self.mask_indices = mask_indices
+        self.part, self.parts = part, parts
+        self.writer = manifest.ManifestWriter(layout.part_manifest(part, parts))
+        records = manifest.read_all(layout.manifest_dir.glob("*.jsonl"))
+        self.done = {(r["mask_index"], r["try"]): r for r in records if r.get("type") == "candidate"}
+        self.skipped = {r["mask_index"] for r in records if r.get("type") == "skipped"}
+
+    def run(self) -> None:
+        for index in tqdm(self.mask_indices, desc=f"synthesis part {self.part + 1}/{self.parts}", unit="mask"):
+            if index not in self.skipped:
+                self.render_mask(self.jobs(index))
+        self.layout.part_done(self.part, self.parts).touch()
+
+    def render_mask(self, job: MaskJob) -> None:
+        if job.foreground_fraction <= self.options.mask_threshold:
+            self.writer.append({"type": "skipped", "mask_index": job.index, "reason":
+                                f"foreground {job.foreground_fraction:.4f} <= mask_threshold {self.options.mask_threshold}"})
+            return
+        save_mask_files(self.layout, job)
+        n = self.options.num_images_per_prompt
+        for start in range(0, self.options.max_tries_per_mask, n):
+            if self.options.early_stop and self.enough(job.index):
+                break
+            tries = list(range(start, min(start + n, self.options.max_tries_per_mask)))
+            if all((job.index, t) in self.done for t in tries):
+                continue
+            self.render_batch(job, tries)
+
+    def enough(self, index: int) -> bool:
+        scores = [FilterScores(r["organ_iou"], r["organ_confidence"])
+                  for (i, _), r in sorted(self.done.items()) if i == index]
+        return self.options.rule.enough_strict(scores)
+
+    def render_batch(self, job: MaskJob, tries: list[int]) -> None:
+        seeds = [candidate_seed(self.options.seed, job.index, t) for t in tries]
+        started = time.perf_counter()
+        evaluations_before = self.sampler.unet_evaluations
+        images = self.sampler.generate(torch.from_numpy(job.condition), job.prompt, seeds)
+        generation_seconds = (time.perf_counter() - started) / len(tries)
+        evaluations = (self.sampler.unet_evaluations - evaluations_before) // len(tries)
+        for try_index, seed, image in zip(tries, seeds, images):
+            if (job.index, try_index) in self.done:
+                continue
+            scored_at = time.perf_counter()
+            record = self.record(job, try_index, seed, to_uint8(image), evaluations)
+            record["seconds"] = generation_seconds + time.perf_counter() - scored_at
+            self.writer.append(record)
+            self.done[(job.index, try_index)] = record
+
+    def record(self, job: MaskJob, try_index: int, seed: int, image: np.ndarray, evaluations: int) -> dict[str, Any]:
+        image_path, combined_path = self.layout.image(job.index, try_index), self.layout.combined(job.index, try_index)
+        write_gray(image_path, image)
+        write_rgb(combined_path, combined_picture(image, job.organ_masks))
+        scores = self.filter.score(image, job.organ_masks)
+        entry = job.entry
+        return {
+            "type": "candidate", "mask_index": job.index, "try": try_index, "seed": seed, "prompt": job.prompt,
+            "modality": self.run_config["modality"], "scheduler": self.options.scheduler, "steps": self.options.steps,
+            "guidance_scale": self.options.guidance_scale, "controlnet_scale": self.options.controlnet_scale,
+            "checkpoint_sha256": self.run_config["checkpoint_sha256"], "filter": self.filter.name,
+            "source": {"image_path": str(entry.image_path), "patient_id": entry.patient_id,
+                       "slice_index": entry.slice_index, "dataset": entry.dataset, "modality": entry.modality},
+            "region": entry.region, "organs": [o for o, m in zip(self.pair.organs, job.organ_masks) if m.any()],
+            "label": list(self.pair.organs), "merged_mask_path": str(self.layout.merged_mask(job.index)),
+            "mask_paths": [str(self.layout.organ_mask(job.index, m)) for m in range(len(job.organ_masks))],
+            "image_path": str(image_path), "combined_path": str(combined_path),
+            "organ_iou": scores.organ_iou, "organ_confidence": scores.organ_confidence,
+            "unet_evaluations": evaluations, "part": self.part,
+        }
+
+
+def describe_run(options: SynthesisOptions, pair: PairConfig, modality: str, size: int, example_prompt: str,
+                 hashes: dict[str, str], filter_settings: dict[str, Any]) -> dict[str, Any]:
+    """run_config.json: every setting the samples depend on, plus the ones that may change on resume."""
+    config = {k: v for k, v in asdict(options).items() if not k.endswith("_threshold")}
+    config.update(
+        modality=modality, size=size, example_prompt=example_prompt, checkpoint_sha256=hashes,
+        pair=asdict(pair), inference_indexes=list(pair.inference_indexes), filter=filter_settings,
+        thresholds=asdict(options.rule.thresholds),
+    )
+    if options.early_stop:  # the thresholds decide which candidates exist at all
+        config["early_stop_thresholds"] = asdict(options.rule.thresholds)
+    for key in ("config", "refilter", "sam2_config", "sam2_checkpoint", "sam2_prompt", "box_jitter", "half"):
+        config.pop(key)
+    return config
+
+
+def target_modality(options: SynthesisOptions, pair: PairConfig) -> str:
+    return modality_key(options.modality) if options.modality else pair.target_modality
+
+
+def layout_for(options: SynthesisOptions, pair: PairConfig) -> RunLayout:
+    return RunLayout(Path(options.log_dir), modality_short_name(target_modality(options, pair)))
+
+
+def finalize(options: SynthesisOptions, layout: RunLayout) -> dict[str, Any]:
+    run_config = json.loads(layout.run_config.read_text())
+    parts = run_config["num_parts"] * max(1, run_config.get("processes", 1))
+    done = sum(1 for _ in layout.manifest_dir.glob("*.done"))
+    summary = write_outputs(layout, options.rule, run_config, min(done, parts), parts)
+    log.info("%d candidates, %d accepted (%.1f %%) -> %s", summary["candidates"], summary["accepted"],
+             100 * summary["acceptance_rate"], layout.filtered_json)
+    return summary
+
+
+def write_run_config(layout: RunLayout, run_config: dict[str, Any]) -> None:
+    check_resumable(layout, run_config)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(layout.run_config, run_config)
+
