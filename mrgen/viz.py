@@ -139,7 +139,7 @@ def render_grid(
         for c, im in enumerate(row):
             if im is None:
                 continue
-            big = upscale(im, factor)
+            big = upscale(im, max(1, min(tile_h // im.shape[0], tile_w // im.shape[1])))
             x = label_w + pad + c * (tile_w + pad)
             canvas.paste(Image.fromarray(big, mode="RGB"), (x, y))
     return np.asarray(canvas)

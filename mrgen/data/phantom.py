@@ -129,13 +129,13 @@ TISSUES: dict[Tissue, TissueProps] = {
     Tissue.URINE: TissueProps(3000, 1200, 400, 0.98),
     Tissue.MARROW: TissueProps(700, 50, 15, 0.85, fat_fraction=0.5, texture=0.06),
     Tissue.CORTICAL_BONE: TissueProps(1000, 5, 1, 0.08),
-    Tissue.RIB: TissueProps(700, 40, 10, 0.50, fat_fraction=0.45),
+    Tissue.RIB: TissueProps(700, 40, 12, 0.75, fat_fraction=0.6),
     Tissue.CSF: TissueProps(4000, 1800, 300, 1.0),
     Tissue.DISC: TissueProps(1150, 110, 60, 0.85, texture=0.03),
     Tissue.BLOOD: TissueProps(1441, 290, 100, 0.88, flowing=True),
     Tissue.BOWEL_WALL: TissueProps(850, 55, 35, 0.78, texture=0.05),
     Tissue.BOWEL_FLUID: TissueProps(2500, 700, 200, 0.95, texture=0.05),
-    Tissue.BOWEL_CHYME: TissueProps(1000, 150, 40, 0.85, fat_fraction=0.05, texture=0.15),
+    Tissue.BOWEL_CHYME: TissueProps(1000, 100, 40, 0.85, fat_fraction=0.05, texture=0.15),
     Tissue.GAS: TissueProps(1000, 1, 1, 0.0),
     Tissue.BILE: TissueProps(2200, 600, 200, 0.95),
     Tissue.PANCREAS: TissueProps(584, 46, 30, 0.75, texture=0.05),
@@ -272,10 +272,11 @@ class Geometry:
         def centres(n: int) -> np.ndarray:
             return (np.arange(n * factor) + 0.5) / factor
 
+        # float32 halves the cost of evaluating the shapes; sub-micrometre precision is plenty
         return Grid(
-            z=centres(self.slices) * self.slice_mm,
-            y=(centres(self.size) - self.size / 2) * self.pixel_mm,
-            x=(centres(self.size) - self.size / 2) * self.pixel_mm,
+            z=(centres(self.slices) * self.slice_mm).astype(np.float32),
+            y=((centres(self.size) - self.size / 2) * self.pixel_mm).astype(np.float32),
+            x=((centres(self.size) - self.size / 2) * self.pixel_mm).astype(np.float32),
         )
 
 
@@ -305,7 +306,7 @@ class Blob:
 
     The axial cross-section at height z is an ellipse with semi-axes (a, b) times the z profile
     (1 - |dz / c|^q)^(1/q) (c = c_up above the centre, c_down below; q = 2 is an ellipsoid, larger is
-    blunter), rotated by ``angle`` (+ ``twist`` per mm), its radius modulated by low-order harmonics of
+    blunter), rotated by ``angle``, its radius modulated by low-order harmonics of
     the polar angle, its centre drifting by ``slope`` (x, y mm per mm of z) and its size by ``taper``
     (relative change per mm). ``y_max`` cuts it flat posteriorly (the table side).
     """
@@ -319,7 +320,6 @@ class Blob:
     c_down: float = 1e6
     q: float = 2.0
     angle: float = 0.0
-    twist: float = 0.0
     slope: tuple[float, float] = (0.0, 0.0)
     taper: float = 0.0
     harmonics: tuple[Harmonic, ...] = ()
@@ -351,8 +351,7 @@ class Blob:
             return out
         dx = grid.x[None, None, x0:x1] - cx[:, None, None]
         dy = grid.y[None, y0:y1, None] - cy[:, None, None]
-        angle = (self.angle + self.twist * dz)[:, None, None]
-        cos, sin = np.cos(angle), np.sin(angle)
+        cos, sin = math.cos(self.angle), math.sin(self.angle)
         scale = profile[:, None, None]
         un = (dx * cos + dy * sin) / (self.a * scale)
         vn = (dy * cos - dx * sin) / (self.b * scale)
@@ -490,11 +489,12 @@ class PaintOp:
 
 @dataclass(frozen=True)
 class BowelLayout:
-    """Bowel loops in visceral fat from a smooth random field: fat below ``fat_level``, a wall band,
-    then content chosen by a second field (fluid, chyme or gas)."""
+    """Bowel loops in visceral fat: serpiginous bands |field| < ``half_width`` around the zero level
+    set of a smooth random field, with an outer ``wall`` band, content chosen by a second field (fluid,
+    chyme or gas), and fat elsewhere. Both widths are in units of the field's standard deviation."""
 
     loop_mm: float
-    fat_level: float
+    half_width: float
     wall: float
     fluid_level: float
     gas_level: float
@@ -532,21 +532,26 @@ def plan_anatomy(rng: np.random.Generator, geometry: Geometry) -> tuple[list[Pai
     ops: list[PaintOp] = []
 
     # body outline, subcutaneous fat, muscle layer and the abdominal cavity
-    body_a, body_b = u(135, 165), u(95, 120)
+    body_a = u(135, 162)
+    body_b = body_a * u(0.66, 0.8)
     cx, cy = u(-6, 6), u(-6, 6)
     table_y = cy + body_b * u(0.86, 0.95)
     body = Blob(cx, cy, top / 2, body_a, body_b, taper=u(-0.0006, 0.0010),
                 harmonics=_harmonics(rng, (0.03, 0.03, 0.015)), y_max=table_y)
     fat_ant, fat_lat, fat_post = u(10, 40), u(8, 30), u(8, 28)
-    muscle = u(7, 13)
+    muscle_ant, muscle_lat, muscle_post = u(9, 14), u(6, 11), u(8, 14)
     inner = replace(body, cy=cy + (fat_ant - fat_post) / 2, a=body_a - fat_lat, b=body_b - (fat_ant + fat_post) / 2,
                     y_max=table_y - fat_post)
-    cavity = replace(inner, a=inner.a - muscle, b=inner.b - muscle, y_max=inner.y_max - muscle)
+    cavity = replace(inner, cy=inner.cy + (muscle_ant - muscle_post) / 2, a=inner.a - muscle_lat,
+                     b=inner.b - (muscle_ant + muscle_post) / 2, y_max=inner.y_max - muscle_post)
+    linea_alba = Blob(cx, cy - body_b, 0, u(2, 4), body_b * 0.35)
     ops += [
         PaintOp(body, Tissue.FAT, defines="body"),
         PaintOp(inner, Tissue.MUSCLE, defines="inner"),
+        PaintOp(linea_alba, Tissue.FAT, within="inner"),
         PaintOp(cavity, Tissue.FAT, defines="cavity"),
     ]
+    muscle = (muscle_ant + muscle_lat + muscle_post) / 3
     ca, cb, ccy = cavity.a, cavity.b, cavity.cy
 
     # spine landmarks (painted last, but other organs are placed relative to them)
@@ -557,10 +562,11 @@ def plan_anatomy(rng: np.random.Generator, geometry: Geometry) -> tuple[list[Pai
     aorta = (vx + u(8, 18), vy - vb - u(9, 14), u(9, 12.5))
     ivc = (vx - u(22, 32), vy - vb - u(6, 12), u(11, 15), u(7, 10))
 
+    obesity = ((fat_ant + fat_lat + fat_post) / 3 - 9) / 25  # 0 lean .. 1 obese
     layout = BowelLayout(
-        loop_mm=u(10, 14),
-        fat_level=-0.6 + 0.03 * ((fat_ant + fat_lat + fat_post) / 3 - 8) + u(-0.2, 0.2),
-        wall=u(0.15, 0.25),
+        loop_mm=u(24, 32),
+        half_width=u(0.7, 1.0) - 0.3 * obesity,
+        wall=u(0.12, 0.18),
         fluid_level=u(0.7, 1.3),
         gas_level=u(-1.4, -0.9),
         retroperitoneum_y=aorta[1] - aorta[2],
@@ -578,7 +584,7 @@ def plan_anatomy(rng: np.random.Generator, geometry: Geometry) -> tuple[list[Pai
     for side, label in ((-1, RIGHT_KIDNEY_LABEL), (1, LEFT_KIDNEY_LABEL)):
         ops += _kidney(rng, side, label, vx, vy, top)
     ops += _great_vessels(rng, aorta, ivc)
-    ops += _back_muscles(rng, vx, vy, va, canal_y, top)
+    ops += _back_muscles(rng, vx, vy, va, inner.y_max, top)
     ops += _spine(rng, vx, vy, va, vb, canal_y, canal_r)
     ops += _liver_vessels(rng, ivc, liver_hilum, top)
     return ops, layout
@@ -649,11 +655,11 @@ def _pancreas(rng: np.random.Generator, cavity: Blob, aorta: tuple, top: float) 
 def _liver(rng: np.random.Generator, cavity: Blob, ivc: tuple, top: float) -> tuple[list[PaintOp], tuple]:
     u = rng.uniform
     dome = top - u(-15, 12)
-    right = Blob(cavity.cx - cavity.a * u(0.3, 0.45), cavity.cy + u(-12, 8), 0.0,
-                 cavity.a * u(0.6, 0.75), cavity.b * u(0.8, 1.0), q=u(2.0, 2.8), angle=u(-0.3, 0.3),
+    right = Blob(cavity.cx - cavity.a * u(0.38, 0.5), cavity.cy + u(-12, 8), 0.0,
+                 cavity.a * u(0.52, 0.64), cavity.b * u(0.8, 1.0), q=u(2.0, 2.8), angle=u(-0.3, 0.3),
                  slope=(u(0.05, 0.25), u(0.0, 0.25)), harmonics=_harmonics(rng, (0.06, 0.05, 0.03)))
     c_up = u(35, 55)
-    right = replace(right, cz=dome - c_up, c_up=c_up, c_down=u(85, 120))
+    right = replace(right, cz=dome - c_up, c_up=c_up, c_down=u(75, 105))
     left = Blob(cavity.cx + u(-5, 25), cavity.cy - cavity.b * u(0.4, 0.55), right.cz + u(0, 15),
                 u(45, 70), u(18, 30), c_up=u(25, 40), c_down=u(30, 55), angle=u(-0.4, 0.15),
                 slope=(u(-0.2, 0.1), u(0.0, 0.15)), harmonics=_harmonics(rng, (0.08, 0.05)))
@@ -675,9 +681,9 @@ def _gallbladder(rng: np.random.Generator, cavity: Blob, top: float) -> list[Pai
 
 def _spleen(rng: np.random.Generator, cavity: Blob, top: float) -> list[PaintOp]:
     u = rng.uniform
-    sx, sy = cavity.cx + cavity.a * u(0.55, 0.72), cavity.cy + cavity.b * u(0.2, 0.45)
+    sx, sy = cavity.cx + cavity.a * u(0.62, 0.78), cavity.cy + cavity.b * u(0.2, 0.45)
     angle = -math.atan2(cavity.b, cavity.a) * u(0.8, 1.3)  # long axis along the posterolateral wall
-    body = Blob(sx, sy, top * u(0.58, 0.72), u(50, 70), u(25, 35), c_up=u(40, 58), c_down=u(40, 58),
+    body = Blob(sx, sy, top * u(0.66, 0.78), u(50, 70), u(25, 35), c_up=u(40, 58), c_down=u(35, 50),
                 angle=angle, slope=(u(-0.15, 0.05), u(-0.1, 0.1)), harmonics=_harmonics(rng, (0.06, 0.06, 0.03)))
     # the hilum side (anteromedial) is concave: subtract a blob sitting on that side
     inward = (-math.sin(angle), math.cos(angle))  # unit v-axis
@@ -692,21 +698,23 @@ def _spleen(rng: np.random.Generator, cavity: Blob, top: float) -> list[PaintOp]
 def _kidney(rng: np.random.Generator, side: int, label: int, vx: float, vy: float, top: float) -> list[PaintOp]:
     """side -1: the right kidney (image left), +1: the left kidney (image right, a little higher)."""
     u = rng.uniform
-    cz = top * u(0.32, 0.40) + (u(5, 20) if side > 0 else 0.0)
+    cz = top * u(0.33, 0.40) - (u(10, 25) if side < 0 else 0.0)
     a, b, c = u(27, 34), u(18, 24), u(50, 62)
     # the hilum faces anteromedially: the long axis runs posteromedial -> anterolateral
     angle = -side * u(0.4, 0.8)
     cortex = Blob(vx + side * u(55, 72), vy + u(-5, 12), cz, a, b, c_up=c, c_down=c, q=2.2, angle=angle,
                   slope=(-side * u(0.05, 0.15), u(-0.1, 0.05)), harmonics=_harmonics(rng, (0.04, 0.03)))
     hilum_dir = np.array([-side, -1.0]) / math.sqrt(2.0)
-    sinus_centre = (cortex.cx + hilum_dir[0] * b * u(0.5, 0.7), cortex.cy + hilum_dir[1] * b * u(0.5, 0.7))
-    sinus = replace(cortex, cx=sinus_centre[0], cy=sinus_centre[1], a=a * u(0.4, 0.5), b=b * u(0.4, 0.5),
-                    c_up=c * 0.6, c_down=c * 0.6, harmonics=())
+    offset = b * u(0.75, 0.95)
+    sinus = replace(cortex, cx=cortex.cx + hilum_dir[0] * offset, cy=cortex.cy + hilum_dir[1] * offset,
+                    a=a * u(0.4, 0.5), b=b * u(0.5, 0.6), c_up=c * 0.5, c_down=c * 0.5, harmonics=())
     pelvis = replace(sinus, a=sinus.a * 0.5, b=sinus.b * 0.55, c_up=c * 0.3, c_down=c * 0.3)
     pyramids = replace(cortex, a=a * 0.72, b=b * 0.7, c_up=c * 0.8, c_down=c * 0.8,
                        harmonics=(Harmonic(int(rng.integers(5, 8)), u(0.2, 0.3), u(0, 2 * math.pi), u(-0.03, 0.03)),))
     medulla_limit = replace(cortex, a=a * 0.8, b=b * 0.78, c_up=c * 0.85, c_down=c * 0.85)
-    perirenal = cortex.grown(u(7, 14), u(6, 12), u(8, 15))
+    # perirenal fat, thicker posterolaterally
+    perirenal = replace(cortex.grown(u(4, 10), u(4, 9), u(6, 12)), cx=cortex.cx + side * u(0, 5),
+                        cy=cortex.cy + u(0, 6), harmonics=_harmonics(rng, (0.08, 0.06)))
     return [
         PaintOp(perirenal, Tissue.FAT, within="cavity"),
         PaintOp(cortex, Tissue.KIDNEY_CORTEX, label, within="cavity", defines=f"kidney{label}"),
@@ -728,15 +736,16 @@ def _great_vessels(rng: np.random.Generator, aorta: tuple, ivc: tuple) -> list[P
     ]
 
 
-def _back_muscles(rng: np.random.Generator, vx: float, vy: float, va: float, canal_y: float, top: float) -> list[PaintOp]:
+def _back_muscles(rng: np.random.Generator, vx: float, vy: float, va: float, back_y: float, top: float) -> list[PaintOp]:
     """Erector spinae behind the spine (full length) and psoas beside it (growing inferiorly)."""
     u = rng.uniform
     ops = []
     for side in (-1, 1):
-        erector = Blob(vx + side * u(26, 34), canal_y + u(6, 12), top / 2, u(20, 28), u(17, 24),
-                       angle=side * u(0.0, 0.4), harmonics=_harmonics(rng, (0.05, 0.04)))
+        b = u(15, 21)
+        erector = Blob(vx + side * u(28, 36), back_y - b * u(0.6, 0.9), top / 2, u(24, 32), b,
+                       angle=side * u(0.0, 0.3), harmonics=_harmonics(rng, (0.05, 0.04)))
         psoas = Blob(vx + side * (va + u(6, 12)), vy + u(-4, 6), -u(10, 30), u(13, 19), u(11, 15),
-                     c_up=top * u(0.5, 0.7), c_down=100, angle=side * u(0.2, 0.6), slope=(side * u(-0.05, 0.02), 0.0))
+                     c_up=top * u(0.4, 0.55), c_down=100, angle=side * u(0.2, 0.6), slope=(side * u(-0.05, 0.02), 0.0))
         ops += [PaintOp(erector, Tissue.MUSCLE, within="inner"), PaintOp(psoas, Tissue.MUSCLE, within="inner")]
     return ops
 
@@ -786,18 +795,17 @@ def smooth_field(rng: np.random.Generator, grid: Grid, corr_mm: float) -> np.nda
     axes = (grid.z, grid.y, grid.x)
     coarse_shape = tuple(int(math.ceil((a[-1] - a[0]) / step)) + 4 for a in axes)
     noise = ndimage.gaussian_filter(rng.standard_normal(coarse_shape), 1.0, mode="wrap")
-    noise /= noise.std()
-    field_ = noise
+    field_ = (noise / noise.std()).astype(np.float32)
     for axis, coords in enumerate(axes):
         weights = _linear_interpolation_matrix((coords - coords[0]) / step + 1.5, coarse_shape[axis])
         field_ = np.moveaxis(np.tensordot(weights, np.moveaxis(field_, axis, 0), axes=(1, 0)), 0, axis)
-    return field_.astype(np.float32)
+    return np.ascontiguousarray(field_)
 
 
 def _linear_interpolation_matrix(positions: np.ndarray, n: int) -> np.ndarray:
     lower = np.floor(positions).astype(int)
     frac = positions - lower
-    weights = np.zeros((len(positions), n))
+    weights = np.zeros((len(positions), n), np.float32)
     rows = np.arange(len(positions))
     weights[rows, lower] = 1.0 - frac
     weights[rows, lower + 1] = frac
@@ -810,10 +818,12 @@ def _fill_bowel(tissue: np.ndarray, cavity: np.ndarray, grid: Grid, layout: Bowe
     content = smooth_field(rng, grid, 30.0)
     bowel = np.where(content > layout.fluid_level, Tissue.BOWEL_FLUID,
                      np.where(content < layout.gas_level, Tissue.GAS, Tissue.BOWEL_CHYME))
-    # no bowel behind the great vessels: the fat threshold rises smoothly towards the retroperitoneum
-    fat_level = layout.fat_level + 4.0 / (1.0 + np.exp(-(grid.y[None, :, None] - layout.retroperitoneum_y) / 8.0))
-    bowel = np.where(loops < fat_level + layout.wall, Tissue.BOWEL_WALL, bowel)
-    bowel = np.where(loops < fat_level, Tissue.FAT, bowel)
+    # no bowel behind the great vessels: the loops thin out smoothly towards the retroperitoneum
+    behind = (grid.y[None, :, None] - layout.retroperitoneum_y) / 8.0
+    half_width = layout.half_width / (1.0 + np.exp(behind))
+    distance = np.abs(loops)
+    bowel = np.where(distance > half_width - layout.wall, Tissue.BOWEL_WALL, bowel)
+    bowel = np.where(distance > half_width, Tissue.FAT, bowel)
     tissue[cavity] = bowel[cavity]
 
 
@@ -838,9 +848,11 @@ def downsample_labels(label_sub: np.ndarray, factor: int = SUPERSAMPLE) -> np.nd
     """Supersampled (z, row, col) labels -> native labels: per voxel, the organ covering the most of it,
     or background when background covers at least as much."""
     d, h, w = (n // factor for n in label_sub.shape)
-    blocks = label_sub.reshape(d, factor, h, factor, w, factor)
-    fractions = np.stack([(blocks == lab).mean(axis=(1, 3, 5)) for lab in range(len(ORGANS) + 1)])
-    return np.argmax(fractions, axis=0).astype(np.uint8)
+    n_labels = len(ORGANS) + 1
+    voxel = np.arange(d * h * w).reshape(d, 1, h, 1, w, 1)
+    keys = voxel * n_labels + label_sub.reshape(d, factor, h, factor, w, factor)
+    counts = np.bincount(keys.ravel(), minlength=d * h * w * n_labels).reshape(d, h, w, n_labels)
+    return np.argmax(counts, axis=-1).astype(np.uint8)
 
 
 def sample_geometry(rng: np.random.Generator, size: int, slices: int) -> Geometry:
@@ -855,7 +867,10 @@ def sample_anatomy(rng: np.random.Generator, size: int = DEFAULT_SIZE, slices: i
     grid = geometry.grid()
     ops, layout = plan_anatomy(rng, geometry)
     tissue, label_sub = _paint(ops, grid, layout, rng)
-    texture = smooth_field(rng, grid, rng.uniform(6.0, 10.0))
+    # the texture varies slowly, so the native grid suffices (each sub-voxel takes its voxel's value)
+    texture = smooth_field(rng, geometry.grid(factor=1), rng.uniform(6.0, 10.0))
+    for axis in range(3):
+        texture = np.repeat(texture, SUPERSAMPLE, axis=axis)
     labels = downsample_labels(label_sub).transpose(2, 1, 0)
     return Anatomy(geometry, tissue, texture, np.ascontiguousarray(labels), jittered_tissues(rng))
 
@@ -1093,7 +1108,7 @@ def _dataset_card(seed: int, size: int, slices: int, modalities: Sequence[str], 
         "",
         "Mask file `_mask<i>.png` holds label id i + 1 (0/255).",
         "",
-        "## Tissues (1.5 T, before the per-case jitter of T1/T2 +-8 %, PD +-3 %)",
+        "## Tissues (1.5 T, before the per-case jitter of T1/T2/T2* +-8 %, PD +-3 %; bile T1 800-3000 ms per case)",
         "",
         "| tissue | water T1 ms | water T2 ms | T2* ms | PD | fat fraction |",
         "|---|---|---|---|---|---|",
@@ -1150,7 +1165,8 @@ def _summary(seed: int, size: int, slices: int, modalities: Sequence[str], test_
         "label_names": {str(i + 1): name for i, name in enumerate(ORGANS)},
         "spacing_order": "row_mm, col_mm, slice_mm",
         "cases": {
-            m: [{"case_id": f.case_id, "split": f.split, "spacing": f.geometry.spacing(), "fov_mm": f.geometry.fov_mm}
+            m: [{"case_id": f.case_id, "split": f.split, "spacing": f.geometry.spacing(),
+                 "fov_mm": round(f.geometry.fov_mm, 2)}
                 for f in all_files[m]]
             for m in modalities
         },
