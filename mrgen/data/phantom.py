@@ -580,9 +580,10 @@ def plan_anatomy(rng: np.random.Generator, geometry: Geometry) -> tuple[list[Pai
     liver_ops, liver_hilum = _liver(rng, cavity, ivc, top)
     ops += liver_ops
     ops += _gallbladder(rng, cavity, top)
-    ops += _spleen(rng, cavity, top)
+    kidney_x = {side: vx + side * u(55, 72) for side in (-1, 1)}
+    ops += _spleen(rng, cavity, kidney_x[1], top)
     for side, label in ((-1, RIGHT_KIDNEY_LABEL), (1, LEFT_KIDNEY_LABEL)):
-        ops += _kidney(rng, side, label, vx, vy, top)
+        ops += _kidney(rng, side, label, kidney_x[side], vy, top)
     ops += _great_vessels(rng, aorta, ivc)
     ops += _back_muscles(rng, vx, vy, va, inner.y_max, top)
     ops += _spine(rng, vx, vy, va, vb, canal_y, canal_r)
@@ -679,9 +680,11 @@ def _gallbladder(rng: np.random.Generator, cavity: Blob, top: float) -> list[Pai
     return [PaintOp(gb, Tissue.BILE, within="cavity")]
 
 
-def _spleen(rng: np.random.Generator, cavity: Blob, top: float) -> list[PaintOp]:
+def _spleen(rng: np.random.Generator, cavity: Blob, left_kidney_x: float, top: float) -> list[PaintOp]:
     u = rng.uniform
-    sx, sy = cavity.cx + cavity.a * u(0.62, 0.78), cavity.cy + cavity.b * u(0.2, 0.45)
+    # lateral to the left kidney, so that the kidney only dents its medial surface
+    sx = max(cavity.cx + cavity.a * u(0.62, 0.78), left_kidney_x + u(25, 35))
+    sy = cavity.cy + cavity.b * u(0.2, 0.45)
     angle = -math.atan2(cavity.b, cavity.a) * u(0.8, 1.3)  # long axis along the posterolateral wall
     body = Blob(sx, sy, top * u(0.66, 0.78), u(50, 70), u(25, 35), c_up=u(40, 58), c_down=u(35, 50),
                 angle=angle, slope=(u(-0.15, 0.05), u(-0.1, 0.1)), harmonics=_harmonics(rng, (0.06, 0.06, 0.03)))
@@ -695,14 +698,14 @@ def _spleen(rng: np.random.Generator, cavity: Blob, top: float) -> list[PaintOp]
     return [PaintOp(Difference(body, hilum), Tissue.SPLEEN, SPLEEN_LABEL, within="cavity")]
 
 
-def _kidney(rng: np.random.Generator, side: int, label: int, vx: float, vy: float, top: float) -> list[PaintOp]:
+def _kidney(rng: np.random.Generator, side: int, label: int, kx: float, vy: float, top: float) -> list[PaintOp]:
     """side -1: the right kidney (image left), +1: the left kidney (image right, a little higher)."""
     u = rng.uniform
     cz = top * u(0.33, 0.40) - (u(10, 25) if side < 0 else 0.0)
     a, b, c = u(27, 34), u(18, 24), u(50, 62)
     # the hilum faces anteromedially: the long axis runs posteromedial -> anterolateral
     angle = -side * u(0.4, 0.8)
-    cortex = Blob(vx + side * u(55, 72), vy + u(-5, 12), cz, a, b, c_up=c, c_down=c, q=2.2, angle=angle,
+    cortex = Blob(kx, vy + u(-5, 12), cz, a, b, c_up=c, c_down=c, q=2.2, angle=angle,
                   slope=(-side * u(0.05, 0.15), u(-0.1, 0.05)), harmonics=_harmonics(rng, (0.04, 0.03)))
     hilum_dir = np.array([-side, -1.0]) / math.sqrt(2.0)
     offset = b * u(0.75, 0.95)
