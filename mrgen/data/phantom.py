@@ -24,8 +24,9 @@ Geometry convention (shared by the NIfTI files, the PNG slices and every array r
   thickness is that coverage divided by the number of slices (7-8 mm for the default 24).
 
 Randomness: each case's generator comes from ``numpy.random.SeedSequence((seed, crc32(modality), 0,
-case index))``, never from global state, so every modality gets its own unpaired anatomy and the same
-arguments always give the same bytes.
+case index))`` (spawned into an anatomy stream and a rendering stream), never from global state, so every
+modality gets its own unpaired anatomy and the same arguments always give the same bytes. ``render_case``
+can also render one anatomy in several modalities (paired anatomy, for physics checks).
 """
 
 from __future__ import annotations
