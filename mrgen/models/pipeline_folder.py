@@ -30,7 +30,8 @@ from mrgen.io.atomic import atomic_write_json
 from mrgen.models.builders import (CONTROLNET, SCHEDULER, UNET, VAE, ModelFolderError, component_dir,
                                    copy_component, load_pretrained, read_json, scheduler_config)
 from mrgen.models.text_encoders import (OPEN_CLIP_CONFIG, RELEASED_ENCODER_DIR, RELEASED_TOKENIZER_DIR,
-                                        TextEncoder, TextEncoderError, load_text_encoder)
+                                        TextEncoder, TextEncoderError, check_text_encoder,
+                                        load_text_encoder)
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,9 @@ class TextEncoderSpec:
 
     kind: str
     path: Path | None = None
+
+    def check(self) -> None:
+        check_text_encoder(self.kind, self.path)
 
     def load(self) -> TextEncoder:
         return load_text_encoder(self.kind, self.path)

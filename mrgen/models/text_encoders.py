@@ -108,19 +108,30 @@ class TextEncoder:
         return self.model(input_ids=ids).last_hidden_state
 
 
+def check_text_encoder(kind: str, path: str | Path | None = None) -> None:
+    """Fail fast, without loading weights, if the encoder's files are not where they must be."""
+    if kind == "minilm":
+        return
+    if kind != "biomedclip":
+        raise TextEncoderError(f"unknown text encoder {kind!r}; choose one of {TEXT_ENCODER_KINDS}")
+    if path is None:
+        raise TextEncoderError(
+            "text_encoder: biomedclip needs text_encoder_path: a folder holding text_encoder_BiomedCLIP/ and "
+            "tokenizer_BiomedCLIP/ (the released MRGen checkpoints) or open_clip's open_clip_config.json + "
+            "open_clip_pytorch_model.bin"
+        )
+    _locate_biomedclip(Path(path))
+
+
 def load_text_encoder(kind: str, path: str | Path | None = None) -> TextEncoder:
     """``minilm`` (no path) or ``biomedclip`` from a local folder in either supported layout."""
+    check_text_encoder(kind, path)
     if kind == "minilm":
         return _load_minilm()
-    if kind == "biomedclip":
-        if path is None:
-            raise TextEncoderError(
-                "text_encoder: biomedclip needs text_encoder_path: a folder holding text_encoder_BiomedCLIP/ and "
-                "tokenizer_BiomedCLIP/ (the released MRGen checkpoints) or open_clip's open_clip_config.json + "
-                "open_clip_pytorch_model.bin"
-            )
-        return _load_biomedclip(Path(path))
-    raise TextEncoderError(f"unknown text encoder {kind!r}; choose one of {TEXT_ENCODER_KINDS}")
+    layout, encoder_dir, tokenizer_dir = _locate_biomedclip(Path(path))
+    if layout == "open_clip":
+        return _load_open_clip_layout(encoder_dir, tokenizer_dir)
+    return _load_released_layout(encoder_dir, tokenizer_dir)
 
 
 def _load_minilm() -> TextEncoder:
@@ -134,13 +145,19 @@ def _load_minilm() -> TextEncoder:
     return TextEncoder("minilm", BertTokenizer.from_pretrained(folder), model, str(folder))
 
 
-def _load_biomedclip(path: Path) -> TextEncoder:
+def _locate_biomedclip(path: Path) -> tuple[str, Path, Path]:
+    """(layout, encoder folder, tokenizer folder) of a BiomedCLIP folder, checking the files exist."""
     if (path / OPEN_CLIP_CONFIG).is_file():
-        return _load_open_clip_layout(path)
-    if (path / RELEASED_ENCODER_DIR / "config.json").is_file():
-        return _load_released_layout(path / RELEASED_ENCODER_DIR, path / RELEASED_TOKENIZER_DIR)
-    if path.name == RELEASED_ENCODER_DIR and (path / "config.json").is_file():
-        return _load_released_layout(path, path.parent / RELEASED_TOKENIZER_DIR)
+        tokenizer_dir = path if any((path / f).is_file() for f in TOKENIZER_FILES) else path.parent / RELEASED_TOKENIZER_DIR
+        _first_existing(path, OPEN_CLIP_WEIGHTS)
+        _check_tokenizer_dir(tokenizer_dir)
+        return "open_clip", path, tokenizer_dir
+    encoder_dir = path / RELEASED_ENCODER_DIR if (path / RELEASED_ENCODER_DIR).is_dir() else path
+    if encoder_dir.name == RELEASED_ENCODER_DIR and (encoder_dir / "config.json").is_file():
+        tokenizer_dir = encoder_dir.parent / RELEASED_TOKENIZER_DIR
+        _first_existing(encoder_dir, HF_WEIGHTS)
+        _check_tokenizer_dir(tokenizer_dir)
+        return "released", encoder_dir, tokenizer_dir
     raise TextEncoderError(
         f"{path}: not a BiomedCLIP folder. Expected either the released MRGen layout "
         f"({path}/{RELEASED_ENCODER_DIR}/config.json + model.safetensors or pytorch_model.bin, and "
@@ -208,7 +225,7 @@ def released_to_bert_keys(state: Mapping[str, torch.Tensor], source: Path) -> di
     return renamed
 
 
-def _load_open_clip_layout(folder: Path) -> TextEncoder:
+def _load_open_clip_layout(folder: Path, tokenizer_dir: Path) -> TextEncoder:
     state = _read_weights(_first_existing(folder, OPEN_CLIP_WEIGHTS))
     prefix = "text.transformer."
     bert_state = {k[len(prefix):]: v for k, v in state.items()
@@ -218,7 +235,6 @@ def _load_open_clip_layout(folder: Path) -> TextEncoder:
                                f"model such as BiomedCLIP)")
     config = _bert_config_from_weights(bert_state, folder)
     model = bert_from_state_dict(config, bert_state, str(folder))
-    tokenizer_dir = folder if any((folder / f).is_file() for f in TOKENIZER_FILES) else folder.parent / RELEASED_TOKENIZER_DIR
     return TextEncoder("biomedclip", _load_tokenizer(tokenizer_dir), model, str(folder))
 
 
@@ -250,10 +266,14 @@ def bert_from_state_dict(config: BertConfig, state: Mapping[str, torch.Tensor], 
     return model
 
 
-def _load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+def _check_tokenizer_dir(folder: Path) -> None:
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
         raise TextEncoderError(f"{folder}: no BERT tokenizer here; put the BiomedCLIP tokenizer files "
                                f"({' or '.join(TOKENIZER_FILES)}, tokenizer_config.json) in this folder")
+
+
+def _load_tokenizer(folder: Path) -> PreTrainedTokenizerBase:
+    _check_tokenizer_dir(folder)
     return BertTokenizer.from_pretrained(folder)
 
 

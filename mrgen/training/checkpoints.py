@@ -1,0 +1,110 @@
+"""Checkpoint folders that are complete or absent, never half-written.
+
+A checkpoint is written into ``checkpoints/.tmp-checkpoint-<step>`` and renamed to
+``checkpoints/checkpoint-<step>`` only once every file is in place; the rename is atomic, so a run
+killed mid-save leaves at most a ``.tmp-`` folder, which ``latest`` never picks and the next start
+removes. Old checkpoints are renamed to ``.trash-`` before deletion for the same reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Callable
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+TEMP_PREFIX = ".tmp-"
+TRASH_PREFIX = ".trash-"
+LATEST = "latest"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"checkpoint-{step}"
+
+
+def list_checkpoints(root: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints under ``root``, oldest first."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := CHECKPOINT_PATTERN.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def checkpoint_step(path: str | os.PathLike) -> int:
+    match = CHECKPOINT_PATTERN.match(Path(path).name)
+    if not match:
+        raise ValueError(f"{path} is not a checkpoint-<step> folder")
+    return int(match.group(1))
+
+
+def resolve_resume(resume: str | None, root: str | os.PathLike) -> Path | None:
+    """``latest`` -> the newest complete checkpoint (None if there is none yet); a path -> that folder."""
+    if not resume:
+        return None
+    if resume == LATEST:
+        found = list_checkpoints(root)
+        return found[-1] if found else None
+    path = Path(resume)
+    if not path.is_dir():
+        raise FileNotFoundError(f"--resume {resume}: no such checkpoint folder (use --resume latest for the newest "
+                                f"one under {root})")
+    return path
+
+
+def remove_incomplete(root: str | os.PathLike) -> None:
+    """Delete what killed saves and rotations left behind."""
+    root = Path(root)
+    if not root.is_dir():
+        return
+    for path in root.iterdir():
+        if path.name.startswith((TEMP_PREFIX, TRASH_PREFIX)):
+            log.info("removing incomplete checkpoint folder %s", path)
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def temp_dir_for(root: str | os.PathLike, step: int) -> Path:
+    return Path(root) / f"{TEMP_PREFIX}{checkpoint_name(step)}"
+
+
+def commit(temp: Path, step: int) -> Path:
+    """Rename a fully written ``temp`` folder into place (replacing a stale one of the same step)."""
+    final = temp.parent / checkpoint_name(step)
+    if final.exists():
+        _discard(final)
+    os.replace(temp, final)
+    return final
+
+
+def rotate(root: str | os.PathLike, keep: int | None) -> None:
+    """Keep the ``keep`` newest complete checkpoints."""
+    if keep is None:
+        return
+    found = list_checkpoints(root)
+    for old in found[: max(0, len(found) - keep)]:
+        log.info("removing old checkpoint %s (checkpoints_total_limit %d)", old, keep)
+        _discard(old)
+
+
+def _discard(path: Path) -> None:
+    trash = path.parent / f"{TRASH_PREFIX}{path.name}"
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def write_folder_atomically(destination: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Run ``write(tmp_folder)`` and rename the result onto ``destination`` (replacing it)."""
+    destination = Path(destination)
+    temp = destination.parent / f"{TEMP_PREFIX}{destination.name}"
+    shutil.rmtree(temp, ignore_errors=True)
+    temp.mkdir(parents=True)
+    write(temp)
+    if destination.exists():
+        _discard(destination)
+    os.replace(temp, destination)

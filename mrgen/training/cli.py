@@ -1,0 +1,45 @@
+"""The command line of the three training scripts: ``--config``, ``--resume`` and ``key=value`` overrides."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable, Sequence
+
+from mrgen.config import ConfigError, ControlNetConfig, UNetConfig, VAEConfig, load_config
+from mrgen.training.controlnet_stage import train_controlnet
+from mrgen.training.unet_stage import train_unet
+from mrgen.training.vae_stage import train_vae
+
+STAGES: dict[str, tuple[type, Callable, str]] = {
+    "vae": (VAEConfig, train_vae, "Stage 1: train the 1-channel KL-VAE."),
+    "unet": (UNetConfig, train_unet, "Stage 2: train the text-conditioned latent-diffusion UNet."),
+    "controlnet": (ControlNetConfig, train_controlnet, "Stage 3: train the mask-conditioned ControlNet of one pair."),
+}
+
+
+def parse_args(stage: str, argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog=f"train_{stage}.py", description=STAGES[stage][2],
+        epilog="Launch with `accelerate launch` for several GPUs. Example overrides: train.max_train_steps=100 "
+               "train.learning_rate=1e-4 output_dir=runs/try1")
+    parser.add_argument("--config", required=True, help="the YAML config (training_configs/...)")
+    parser.add_argument("--resume", default=None, metavar="latest|PATH",
+                        help="continue from the newest checkpoint in output_dir/checkpoints, or from a checkpoint folder")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="override config keys: section.key=value, or key=value for a unique key name")
+    return parser.parse_args(argv)
+
+
+def main(stage: str, argv: Sequence[str] | None = None) -> None:
+    args = parse_args(stage, argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)  # it logs every file of every checkpoint
+    schema, train, _ = STAGES[stage]
+    try:
+        config = load_config(args.config, schema, args.overrides)
+    except ConfigError as err:
+        sys.exit(f"error: {err}")
+    train(config, resume=args.resume)

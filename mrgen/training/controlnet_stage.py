@@ -1,0 +1,154 @@
+"""Stage 3: the mask-conditioned ControlNet for one source -> target pair (reference 3.3, 4.4, 4.5).
+
+The ControlNet starts as a copy of the trained UNet's encoder (``ControlNetModel.from_unet``); the UNet,
+VAE and text encoder stay frozen (the UNet is moved to the device, never prepared). Batches mix
+source-modality slices with their encoded organ masks and unannotated target-modality slices with an
+empty (all -1) condition and the target prompt (``PairDataset``). Loss: epsilon MSE of the UNet with the
+ControlNet's residuals added.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from diffusers import ControlNetModel
+
+from mrgen.config import ControlNetConfig
+from mrgen.data.datasets import PairConfig, PairDataset
+from mrgen.data.prompts import EMPTY_PROMPT
+from mrgen.io.atomic import atomic_write_json
+from mrgen.models.builders import (CONTROLNET, SCHEDULER, UNET, VAE, controlnet_from_unet, load_pretrained,
+                                   model_config, noise_scheduler, sampling_scheduler, vae_scale_factor)
+from mrgen.models.pipeline_folder import TextEncoderSpec, export_frozen, text_encoder_spec, write_text_encoder
+from mrgen.training.data import registry_for
+from mrgen.training.diffusion import (Latents, Noiser, check_width, freeze, generate, require_pretrained_path,
+                                      scheduler_root, set_attention, shared_prompt_embeddings, training_dataset,
+                                      weight_dtype)
+from mrgen.training.harness import run_training
+from mrgen.training.visuals import colour_masks, outline_masks, overlay_masks, save_grid, to_unit
+
+log = logging.getLogger(__name__)
+COLOUR_NAMES = ("red", "green", "blue", "yellow", "magenta", "cyan", "orange", "grey")
+PAIR_FILE = "pair.json"
+
+
+def text_encoder_of(pretrained: Path, kind: str, path: str | None) -> TextEncoderSpec:
+    """The encoder the UNet was trained with; the config may relocate it but not change its kind."""
+    recorded = text_encoder_spec(pretrained)
+    if recorded.kind != kind:
+        raise ValueError(f"model.text_encoder is {kind!r} but the UNet in {pretrained} was trained with "
+                         f"{recorded.kind!r}; the ControlNet must use the UNet's text encoder")
+    return TextEncoderSpec(kind, Path(path) if path else recorded.path)
+
+
+class ControlNetStage:
+    name = CONTROLNET
+
+    def __init__(self, config: ControlNetConfig, accelerator: Accelerator, output_dir: Path):
+        if config.data is None:
+            raise ValueError("the ControlNet stage needs a data: section (the source/target pair); see "
+                             "training_configs/controlnet/*.yml")
+        self.config, self.accelerator, self.pair = config, accelerator, config.data
+        model, train = config.model, config.train
+        self.pretrained = require_pretrained_path(model, "ControlNet", "the trained vae/ and unet/")
+        self.dtype = weight_dtype(accelerator)
+        self.vae = freeze(load_pretrained(self.pretrained, VAE), accelerator.device, self.dtype)
+        self.resolution = model.resolution or int(self.vae.config.sample_size)
+        self.latent_size = self.resolution // vae_scale_factor(self.vae.config)
+        dataset = PairDataset(self.pair, self.resolution, registry_for(config.modality_attributes),
+                              prompt_dropout=0.0, seed=config.seed)
+        unet = load_pretrained(self.pretrained, UNET)
+        self.trained_model: ControlNetModel = self._make_controlnet(unet, dataset.condition_channels)
+        self.module = self.trained_model
+        self.unet = freeze(unet, accelerator.device, self.dtype)
+        for network in (self.unet, self.trained_model):
+            set_attention(network, model.attention)
+        self.scheduler_root = scheduler_root(self.pretrained, model.config_path)
+        self.text_spec = text_encoder_of(self.pretrained, model.text_encoder, model.text_encoder_path)
+        self.prompts = shared_prompt_embeddings(accelerator, self.text_spec, dataset.prompts, self.dtype)
+        check_width(self.unet.config, self.prompts, self.text_spec)
+        self.validation_items = dataset.validation_items(config.validation.num_images)
+        self.train_dataset = training_dataset(dataset, self.vae, train, accelerator, output_dir, self.resolution)
+        self.noiser = Noiser(Latents(self.vae, cached=train.cache_latents), noise_scheduler(self.scheduler_root),
+                             self.prompts, train)
+
+    def _make_controlnet(self, unet, condition_channels: int) -> ControlNetModel:
+        model = self.config.model
+        if model.init_from:
+            controlnet = load_pretrained(model.init_from, CONTROLNET)
+        else:
+            embedding = tuple(model_config(model.config_path, CONTROLNET)["conditioning_embedding_out_channels"])
+            controlnet = controlnet_from_unet(unet, condition_channels, embedding)
+        if controlnet.config.conditioning_channels != condition_channels:
+            raise ValueError(f"the ControlNet takes {controlnet.config.conditioning_channels} condition channels but "
+                             f"mask_encoding {self.pair.mask_encoding!r} of {len(self.pair.organs)} organs gives "
+                             f"{condition_channels}")
+        embedding_factor = 2 ** (len(controlnet.config.conditioning_embedding_out_channels) - 1)
+        if embedding_factor != vae_scale_factor(self.vae.config):
+            raise ValueError(f"the ControlNet's conditioning embedding downsamples {embedding_factor}x but the VAE "
+                             f"{vae_scale_factor(self.vae.config)}x; conditioning_embedding_out_channels needs "
+                             f"log2(factor) + 1 entries")
+        return controlnet
+
+    def loss(self, module: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        noisy, timesteps, noise, context = self.noiser(batch)
+        condition = batch["condition"].to(noisy.device)
+        down, mid = module(noisy, timesteps, encoder_hidden_states=context, controlnet_cond=condition,
+                           return_dict=False)
+        prediction = self.unet(noisy.to(self.dtype), timesteps, encoder_hidden_states=context,
+                               down_block_additional_residuals=[d.to(self.dtype) for d in down],
+                               mid_block_additional_residual=mid.to(self.dtype)).sample
+        return F.mse_loss(prediction.float(), noise.float())
+
+    def _samples(self, model: ControlNetModel, prompts: list[str], control: torch.Tensor) -> torch.Tensor:
+        validation = self.config.validation
+        return generate(self.unet, self.vae, sampling_scheduler(self.scheduler_root), self.prompts(prompts),
+                        self.prompts([EMPTY_PROMPT]), self.latent_size, validation.num_inference_steps,
+                        validation.guidance_scale, seed=self.config.seed, controlnet=model, control=control,
+                        conditioning_scale=validation.conditioning_scale)
+
+    def validate(self, model: ControlNetModel, step: int, folder: Path) -> dict[str, float]:
+        """Per mask: the condition, the source slice, and samples with the source and the target prompt."""
+        conditions = torch.stack([item[0] for item in self.validation_items])
+        control = conditions.to(self.accelerator.device)
+        source = self._samples(model, [item[1] for item in self.validation_items], control)
+        target = self._samples(model, [item[2] for item in self.validation_items], control)
+        rows = []
+        for (condition, _, _, image), src, tgt in zip(self.validation_items, source, target):
+            masks = self.pair.encoding.decode(condition.numpy(), len(self.pair.organs))
+            shape = masks[0].shape
+            rows.append([colour_masks(masks, shape), overlay_masks(to_unit(image), masks),
+                         outline_masks(to_unit(src), masks), to_unit(tgt), outline_masks(to_unit(tgt), masks)])
+        legend = ", ".join(f"{organ} {COLOUR_NAMES[i % len(COLOUR_NAMES)]}" for i, organ in enumerate(self.pair.organs))
+        save_grid(folder / f"step_{step:07d}.png", rows,
+                  column_titles=["condition mask", "source slice + mask", "sample, source prompt",
+                                 f"sample, target prompt ({self.pair.target_modality})", "target sample + outlines"],
+                  title=f"{self.pair.name} ControlNet step {step} ({legend}); DDIM "
+                        f"{self.config.validation.num_inference_steps}, CFG {self.config.validation.guidance_scale}")
+        return {}
+
+    def export(self, model: ControlNetModel, folder: Path) -> None:
+        model.save_pretrained(folder / CONTROLNET)
+        export_frozen(self.pretrained, folder, (VAE, UNET))
+        export_frozen(self.scheduler_root, folder, (SCHEDULER,))
+        write_text_encoder(folder, self.text_spec)
+        atomic_write_json(folder / PAIR_FILE, dataclasses.asdict(self.pair))
+
+
+def load_pair(folder: str | Path) -> PairConfig:
+    """The source/target pair a ControlNet pipeline folder was trained on (for synthesis)."""
+    return PairConfig(**json.loads((Path(folder) / PAIR_FILE).read_text(encoding="utf-8")))
+
+
+def train_controlnet(config: ControlNetConfig, resume: str | None = None) -> Path:
+    """Train a pair's ControlNet; returns its pipeline folder (``controlnet/`` plus the frozen models)."""
+    output_dir = Path(config.output_dir)
+    return run_training(config, config.train,
+                        lambda accelerator: ControlNetStage(config, accelerator, output_dir), resume)

@@ -1,0 +1,188 @@
+"""What the UNet and ControlNet stages share: frozen models, latents, timesteps, prompts, sampling."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
+from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, DDPMScheduler, ModelMixin,
+                       UNet2DConditionModel)
+
+from mrgen.config import DiffusionModelSection, DiffusionTrainSection
+from mrgen.data.prompts import EMPTY_PROMPT
+from mrgen.models.builders import SCHEDULER, ModelFolderError, component_dir
+from mrgen.models.pipeline_folder import TextEncoderSpec
+from mrgen.models.text_encoders import PromptEmbeddings
+from mrgen.training.latent_cache import CachedLatentDataset, LatentCache
+
+log = logging.getLogger(__name__)
+
+
+def weight_dtype(accelerator: Accelerator) -> torch.dtype:
+    """The dtype of frozen models: half precision under mixed precision, as the original."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+
+
+def freeze(model: ModelMixin, device: torch.device, dtype: torch.dtype) -> ModelMixin:
+    """Frozen, eval mode, on the device; never passed through ``accelerator.prepare``."""
+    model.requires_grad_(False)
+    model.eval()
+    model.to(device)
+    return model if model.dtype == dtype else model.to(dtype=dtype)
+
+
+def set_attention(model: ModelMixin, attention: str) -> None:
+    if attention == "xformers":
+        model.enable_xformers_memory_efficient_attention()  # raises with install advice if xformers is absent
+
+
+def require_pretrained_path(model: DiffusionModelSection, stage: str, needs: str) -> Path:
+    if not model.pretrained_model_path:
+        raise ValueError(f"{stage} stage: model.pretrained_model_path is required: a pipeline folder holding {needs} "
+                         f"(a previous stage's <output_dir>/pipeline, or the released MRGen checkpoints)")
+    return Path(model.pretrained_model_path)
+
+
+def sample_timesteps(batch_size: int, num_train_timesteps: int, mode: str, device: torch.device) -> torch.Tensor:
+    """``uniform`` over {0..T-1} (the original), or ``cubic``: t = (1 - u^3) T, biased to high noise."""
+    if mode == "uniform":
+        return torch.randint(0, num_train_timesteps, (batch_size,), device=device)
+    u = torch.rand(batch_size, device=device)
+    return ((1.0 - u ** 3) * num_train_timesteps).long().clamp(max=num_train_timesteps - 1)
+
+
+def drop_prompts(prompts: Sequence[str], probability: float) -> list[str]:
+    """The classifier-free-guidance null prompt with probability ``probability`` per sample."""
+    if probability <= 0:
+        return list(prompts)
+    keep = torch.rand(len(prompts)) >= probability
+    return [p if k else EMPTY_PROMPT for p, k in zip(prompts, keep.tolist())]
+
+
+def shared_prompt_embeddings(accelerator: Accelerator, spec: TextEncoderSpec, prompts: Sequence[str],
+                             dtype: torch.dtype) -> PromptEmbeddings:
+    """Encode every prompt once on the main process and hand the table to all processes, on device."""
+    spec.check()  # on every process, so a bad folder is an error everywhere rather than a hang
+    payload: list[Any] = [None]
+    if accelerator.is_main_process:
+        encoder = spec.load().to(accelerator.device)
+        table = PromptEmbeddings.encode(encoder, sorted(set(prompts) | {EMPTY_PROMPT}))
+        log.info("encoded %d distinct prompts with %s (%d wide)", len(table.index), spec.kind, encoder.width)
+        payload = [(list(table.index), table.embeddings)]
+        del encoder
+    if accelerator.num_processes > 1:
+        broadcast_object_list(payload)
+    names, embeddings = payload[0]
+    return PromptEmbeddings(names, embeddings).to(accelerator.device, dtype)
+
+
+def check_width(unet_config: dict[str, Any], table: PromptEmbeddings, spec: TextEncoderSpec) -> None:
+    if unet_config["cross_attention_dim"] != table.width:
+        raise ValueError(f"the UNet's cross_attention_dim is {unet_config['cross_attention_dim']} but the {spec.kind} "
+                         f"text encoder is {table.width} wide; use a model config made for it (ckpt/tiny for minilm "
+                         f"(384), ckpt for biomedclip (768))")
+
+
+class Latents:
+    """Scaled training latents: a posterior sample of the frozen VAE, or of its cached posterior."""
+
+    def __init__(self, vae: AutoencoderKL, cached: bool):
+        self.vae, self.cached = vae, cached
+        self.scaling_factor = float(vae.config.scaling_factor)
+
+    def __call__(self, batch: dict[str, Any]) -> torch.Tensor:
+        if self.cached:
+            mean = batch["latent_mean"].to(self.vae.device)
+            std = batch["latent_std"].to(self.vae.device)
+        else:
+            with torch.no_grad():
+                posterior = self.vae.encode(batch["image"].to(device=self.vae.device, dtype=self.vae.dtype)).latent_dist
+            mean, std = posterior.mean.float(), posterior.std.float()
+        return (mean + std * torch.randn_like(mean)) * self.scaling_factor
+
+
+class Noiser:
+    """(noisy latents, timesteps, noise, prompt context) for a batch: the forward process both stages share."""
+
+    def __init__(self, latents: Latents, scheduler: DDPMScheduler, prompts: PromptEmbeddings,
+                 train: DiffusionTrainSection):
+        self.latents, self.scheduler, self.prompts, self.train = latents, scheduler, prompts, train
+
+    def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        latents = self.latents(batch)
+        noise = torch.randn_like(latents)
+        timesteps = sample_timesteps(latents.shape[0], self.scheduler.config.num_train_timesteps,
+                                     self.train.timestep_sampling, latents.device)
+        noisy = self.scheduler.add_noise(latents, noise, timesteps)
+        context = self.prompts(drop_prompts(batch["prompt"], self.train.prompt_dropout))
+        return noisy, timesteps, noise, context
+
+
+def scheduler_root(pretrained: Path, config_path: str) -> Path:
+    """The noise schedule of the pretrained pipeline when it has one, else the config folder's."""
+    try:
+        component_dir(pretrained, SCHEDULER)
+        return pretrained
+    except ModelFolderError:
+        return Path(config_path)
+
+
+def training_dataset(dataset, vae: AutoencoderKL, train: DiffusionTrainSection, accelerator: Accelerator,
+                     output_dir: Path, resolution: int):
+    """The dataset as-is, or wrapped with cached latents when ``cache_latents`` is on."""
+    if not train.cache_latents:
+        return dataset
+    folder = Path(train.latent_cache_dir) if train.latent_cache_dir else output_dir / "latent_cache"
+    cache = LatentCache.build(folder, dataset, vae, accelerator, resolution, batch_size=train.train_batch_size,
+                              num_workers=train.dataloader_num_workers)
+    return CachedLatentDataset(dataset, cache)
+
+
+@torch.no_grad()
+def generate(
+    unet: UNet2DConditionModel,
+    vae: AutoencoderKL,
+    scheduler: DDIMScheduler,
+    context: torch.Tensor,
+    null_context: torch.Tensor,
+    latent_size: int,
+    num_inference_steps: int,
+    guidance_scale: float,
+    seed: int,
+    controlnet: ControlNetModel | None = None,
+    control: torch.Tensor | None = None,
+    conditioning_scale: float = 1.0,
+) -> torch.Tensor:
+    """DDIM samples with classifier-free guidance for validation figures: (B, 1, H, W) in [-1, 1], on CPU.
+
+    The noise comes from its own seeded generator, so figures at different steps are comparable and the
+    training RNG is untouched.
+    """
+    batch, device = context.shape[0], context.device
+    generator = torch.Generator().manual_seed(seed)
+    shape = (batch, unet.config.in_channels, latent_size, latent_size)
+    latents = torch.randn(shape, generator=generator).to(device)
+    latents = latents * scheduler.init_noise_sigma
+    guided = guidance_scale > 1.0
+    embeddings = torch.cat([null_context.expand_as(context), context]) if guided else context
+    if control is not None:
+        control = torch.cat([control, control]) if guided else control
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    for t in scheduler.timesteps:
+        model_input = torch.cat([latents, latents]) if guided else latents
+        extra: dict[str, Any] = {}
+        if controlnet is not None:
+            down, mid = controlnet(model_input, t, encoder_hidden_states=embeddings, controlnet_cond=control,
+                                   conditioning_scale=conditioning_scale, return_dict=False)
+            extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        noise = unet(model_input, t, encoder_hidden_states=embeddings, **extra).sample
+        if guided:
+            unconditional, conditional = noise.chunk(2)
+            noise = unconditional + guidance_scale * (conditional - unconditional)
+        latents = scheduler.step(noise, t, latents).prev_sample
+    images = vae.decode(latents / vae.config.scaling_factor).sample
+    return images.float().clamp(-1.0, 1.0).cpu()
