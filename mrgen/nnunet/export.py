@@ -30,7 +30,7 @@ from mrgen.io.images import read_gray, to_uint8, write_rgb
 from mrgen.nnunet.env import dataset_dir as make_dataset_dir, raw_root
 from mrgen.nnunet.geometry import forward_image, forward_labels
 from mrgen.nnunet.labels import ExportLabels
-from mrgen.nnunet.raw_dataset import FileFormat, SplitFolders, write_dataset_json
+from mrgen.nnunet.raw_dataset import FileFormat, SplitFolders, planar_affine, write_dataset_json
 from mrgen.viz import overlay
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def export_slices(items: Sequence[SliceItem], out_root: Path, options: ExportOpt
         padded = options.size is not None
         image = np.clip(np.rint(forward_image(image.astype(np.float32), padded, options.size)), 0, 255).astype(np.uint8)
         labels = forward_labels(labels, padded, options.size)
-        affine = np.diag([-spacing[1], -spacing[0], 1.0, 1.0])
+        affine = planar_affine(*spacing)
         folders.write_image(name, image, affine)
         folders.write_label(name, labels, affine)
         write_rgb(folders.folder("visualization") / f"{name}.png", overlay(image, labels, OVERLAY_ALPHA))

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 FileFormat = Literal["png", "nifti"]
 FILE_ENDINGS: dict[str, str] = {"png": ".png", "nifti": ".nii.gz"}
 CHANNEL_SUFFIX = "_0000"
+OUT_OF_PLANE_SPACING = 999.0
 
 
 class RawDatasetError(ValueError):
@@ -104,13 +105,25 @@ def read_slice(path: Path) -> np.ndarray:
 
 def slice_affine(view_affine: np.ndarray, k: int, scale: float, top: int, left: int) -> np.ndarray:
     """Affine of exported slice ``k`` (NIfTI voxel (col, row, 0)) after padding by (top, left) and
-    resizing by ``scale`` = padded size / output size (pixel centres map to pixel centres)."""
+    resizing by ``scale`` = padded size / output size (pixel centres map to pixel centres).
+
+    The slice normal gets the length ``OUT_OF_PLANE_SPACING``: nnU-Net's planner moves the axis with the
+    largest spacing first, so a one-slice NIfTI whose in-plane spacing exceeds its slice thickness would
+    be planned across the slice; nnU-Net's own 2D image reader uses the same 999.
+    """
     offset = (scale - 1.0) / 2.0
     to_view = np.array([[scale, 0, 0, offset - left],
                         [0, scale, 0, offset - top],
                         [0, 0, 1, k],
                         [0, 0, 0, 1]], dtype=float)
-    return view_affine @ to_view
+    affine = view_affine @ to_view
+    affine[:3, 2] *= OUT_OF_PLANE_SPACING / np.linalg.norm(affine[:3, 2])
+    return affine
+
+
+def planar_affine(row_mm: float, col_mm: float) -> np.ndarray:
+    """Affine of a stand-alone slice (no 3D context) in the LPS view: rows posterior, columns left."""
+    return np.diag([-col_mm, -row_mm, OUT_OF_PLANE_SPACING, 1.0])
 
 
 def write_dataset_json(dataset_dir: Path, labels: ExportLabels, file_format: FileFormat, name: str,

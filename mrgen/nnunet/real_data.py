@@ -6,7 +6,9 @@ PNG; labels by nearest neighbour, ids from the export mapping. Differences from 
 the slice orientation is an explicit, recorded reorientation (``orientation``, default LPS: the radiological
 axial view) instead of a silent 90-degree rotation and flip; the sidecar makes predictions invertible to the
 original voxel grid and affine; the same slices are also written as a conditional-dataset index (native
-in-plane size, one mask PNG per organ present) so real data can feed training.
+in-plane size, one mask PNG per organ present) so real data can feed training. The index leaves out
+``volume_nii_path``/``mask_nii_path``: the source volumes usually live outside the dataset folder, where the
+index loader refuses paths by default; the sidecar records them instead.
 """
 
 from __future__ import annotations
@@ -231,13 +233,7 @@ def _index_entry(folders: SplitFolders, name: str, image2d: np.ndarray, labels2d
         patient_id=volume.patient_id or volume.case_id,
         slice_index=k,
         spacing=(*geometry.in_plane_spacing_mm, geometry.slice_spacing_mm),
-        volume_nii_path=Path(volume.source_image) if _is_nifti(volume.source_image) else None,
-        mask_nii_path=Path(volume.source_label) if _is_nifti(volume.source_label) else None,
     )
-
-
-def _is_nifti(path: str | None) -> bool:
-    return path is not None and path.endswith((".nii.gz", ".nii"))
 
 
 @lru_cache(maxsize=None)
