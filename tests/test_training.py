@@ -1,0 +1,290 @@
+"""The three training stages on tiny models and a toy dataset, on CPU.
+
+Each stage trains a few steps and its output loads with stock diffusers; a resumed run equals a straight
+one; accumulation equals a bigger batch; a kill during a checkpoint save never leaves a half checkpoint
+that ``latest`` would pick.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+from safetensors.torch import load_file
+
+from conftest import ORGANS, make_toy_index
+from mrgen.config import (ControlNetConfig, DiffusionModelSection, DiffusionTrainSection, ImageTextData, UNetConfig,
+                          ValidationSection, VAEConfig, VAEModelSection, VAETrainSection, dump_yaml)
+from mrgen.data.datasets import ImageTextDataset, PairConfig
+from mrgen.models import TextEncoderError, build_from_config
+from mrgen.training import checkpoints, train_controlnet, train_unet, train_vae
+from mrgen.training.cli import main
+from mrgen.training.latent_cache import CachedLatentDataset, LatentCache
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "ckpt" / "tiny")
+VALIDATION = ValidationSection(num_images=2, num_inference_steps=2, guidance_scale=2.0)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each run in this process builds its own Accelerator; accelerate keeps singletons between them."""
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("toy")
+    return {"root": root,
+            "source": make_toy_index(root, "src", "T1 in-phase Abdomen MRI", seed=1),
+            "target": make_toy_index(root, "tgt", "T2 SPIR Abdomen MRI", seed=2)}
+
+
+def vae_config(out: Path, data: dict[str, Path], **train) -> VAEConfig:
+    settings = dict(train_batch_size=2, max_train_steps=2, learning_rate=1e-3, checkpointing_steps=100,
+                    validation_steps=100, num_threads=2, estimate_scaling_factor=True)
+    settings.update(train)
+    return VAEConfig(name="toy_vae", output_dir=str(out), seed=0, model=VAEModelSection(config_path=TINY),
+                     data=ImageTextData(index_paths=[str(data["source"]), str(data["target"])], test_fraction=0.34),
+                     train=VAETrainSection(**settings), validation=VALIDATION)
+
+
+def diffusion_train(**train) -> DiffusionTrainSection:
+    settings = dict(train_batch_size=2, max_train_steps=2, learning_rate=1e-3, checkpointing_steps=100,
+                    validation_steps=100, num_threads=2)
+    settings.update(train)
+    return DiffusionTrainSection(**settings)
+
+
+def unet_config(out: Path, data: dict[str, Path], vae_pipeline: Path, **train) -> UNetConfig:
+    return UNetConfig(name="toy_unet", output_dir=str(out), seed=0,
+                      model=DiffusionModelSection(config_path=TINY, pretrained_model_path=str(vae_pipeline)),
+                      data=ImageTextData(index_paths=[str(data["source"]), str(data["target"])], test_fraction=0.34),
+                      train=diffusion_train(**train), validation=VALIDATION)
+
+
+@pytest.fixture(scope="module")
+def vae_pipeline(toy_data, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("vae_run")
+    pipeline = train_vae(vae_config(out, toy_data))
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    return pipeline
+
+
+@pytest.fixture(scope="module")
+def unet_pipeline(toy_data, vae_pipeline, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("unet_run")
+    pipeline = train_unet(unet_config(out, toy_data, vae_pipeline, cache_latents=True, use_ema=True))
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    return pipeline
+
+
+def test_vae_stage_writes_a_stock_diffusers_vae_and_pictures(vae_pipeline: Path) -> None:
+    vae = AutoencoderKL.from_pretrained(vae_pipeline / "vae")
+    assert vae.config.latent_channels == 4 and vae.config.scaling_factor != 0.18215  # estimated, 1 / latent std
+    run = vae_pipeline.parent
+    assert (run / "validation" / "step_0000002.png").is_file() and (run / "loss_curve.png").is_file()
+    assert any((run / "logs").rglob("events.out.tfevents.*"))
+    assert checkpoints.list_checkpoints(run / "checkpoints")[-1].name == "checkpoint-2"
+
+
+def test_unet_stage_with_cached_latents_and_ema(unet_pipeline: Path, vae_pipeline: Path) -> None:
+    unet = UNet2DConditionModel.from_pretrained(unet_pipeline / "unet")
+    assert unet.config.cross_attention_dim == 384
+    assert json.loads((unet_pipeline / "text_encoder.json").read_text()) == {"kind": "minilm", "path": None}
+    assert (unet_pipeline / "scheduler" / "scheduler_config.json").is_file()
+    assert load_file(unet_pipeline / "vae" / "diffusion_pytorch_model.safetensors").keys() == \
+        load_file(vae_pipeline / "vae" / "diffusion_pytorch_model.safetensors").keys()
+    run = unet_pipeline.parent
+    assert (run / "latent_cache" / "manifest.json").is_file()
+    assert (run / "checkpoints" / "checkpoint-2" / "custom_checkpoint_2.pkl").is_file()  # the EMA state
+
+
+def test_controlnet_stage_trains_from_the_unet(toy_data, unet_pipeline: Path, tmp_path: Path) -> None:
+    pair = PairConfig(name="toy_T1_to_T2", source_indexes=[toy_data["source"].name],
+                      target_indexes=[toy_data["target"].name], target_modality="T2 SPIR Abdomen MRI",
+                      organs=list(ORGANS), organ_weights=[0.3, 0.5, 0.4, 0.6], data_root=str(toy_data["root"]))
+    config = ControlNetConfig(name="toy_cn", output_dir=str(tmp_path), seed=0, data=pair,
+                              model=DiffusionModelSection(config_path=TINY, pretrained_model_path=str(unet_pipeline)),
+                              train=diffusion_train(timestep_sampling="cubic"), validation=VALIDATION)
+    pipeline = train_controlnet(config)
+    controlnet = ControlNetModel.from_pretrained(pipeline / "controlnet")
+    assert controlnet.config.conditioning_channels == 1
+    assert controlnet.controlnet_mid_block.weight.abs().sum() > 0  # the zero convolution has started to learn
+    for name in ("vae", "unet", "scheduler"):
+        assert (pipeline / name).is_dir()
+    assert json.loads((pipeline / "pair.json").read_text())["target_modality"] == "T2 SPIR Abdomen MRI"
+    assert (tmp_path / "validation" / "step_0000002.png").is_file()
+
+
+def _tensors_close(a, b, what: str) -> None:
+    if isinstance(a, torch.Tensor):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=what)
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), what
+        for key in a:
+            _tensors_close(a[key], b[key], f"{what}.{key}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), what
+        for i, (x, y) in enumerate(zip(a, b)):
+            _tensors_close(x, y, f"{what}[{i}]")
+    else:
+        assert a == b, what
+
+
+def _checkpoint_state(folder: Path) -> dict:
+    return {
+        "weights": load_file(folder / "unet" / "diffusion_pytorch_model.safetensors"),
+        "optimizer": torch.load(folder / "optimizer.bin", weights_only=True),
+        "lr_scheduler": torch.load(folder / "custom_checkpoint_0.pkl", weights_only=False),
+        "progress": torch.load(folder / "custom_checkpoint_1.pkl", weights_only=False),
+        "ema": torch.load(folder / "custom_checkpoint_2.pkl", weights_only=False),
+    }
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_equals_a_straight_run(toy_data, vae_pipeline: Path, tmp_path: Path, monkeypatch, caplog) -> None:
+    """4 steps == 2 steps, stop, --resume latest, 2 more: weights, optimizer, LR schedule, EMA, RNG, data order."""
+    settings = dict(max_train_steps=4, checkpointing_steps=2, use_ema=True, prompt_dropout=0.5,
+                    lr_scheduler="cosine", lr_warmup_steps=1)
+    train_unet(unet_config(tmp_path / "straight", toy_data, vae_pipeline, **settings))
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+    commit = checkpoints.commit
+
+    def stop_after_step_2(temp: Path, step: int) -> Path:
+        final = commit(temp, step)
+        if step == 2:
+            raise _Interrupt
+        return final
+
+    monkeypatch.setattr(checkpoints, "commit", stop_after_step_2)
+    resumed = unet_config(tmp_path / "resumed", toy_data, vae_pipeline, **settings)
+    with pytest.raises(_Interrupt):
+        train_unet(resumed)
+    monkeypatch.undo()
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    with caplog.at_level(logging.INFO, logger="mrgen.training.harness"):
+        train_unet(resumed, resume="latest")
+    assert "resumed at optimizer step 2" in caplog.text
+
+    straight = _checkpoint_state(tmp_path / "straight" / "checkpoints" / "checkpoint-4")
+    again = _checkpoint_state(tmp_path / "resumed" / "checkpoints" / "checkpoint-4")
+    _tensors_close(straight, again, "checkpoint-4")
+    assert again["lr_scheduler"]["last_epoch"] == 4  # stepped once per optimizer step
+    assert again["progress"]["global_step"] == 4 and len(again["progress"]["losses"]) == 4
+
+
+def test_accumulating_two_micro_batches_equals_one_double_batch(toy_data, tmp_path: Path) -> None:
+    """Same samples per step (8 slices: 2 batches of 4 or 4 of 2 per epoch), same LR per optimizer step."""
+    eight = make_toy_index(tmp_path, "eight", "T1 in-phase Abdomen MRI", patients=4, seed=3)
+    # adam_epsilon 1e-3: attention key biases have an exactly-zero true gradient; with the default 1e-8 Adam
+    # would blow their rounding noise (different summation orders) up to full-size, random updates
+    settings = dict(max_train_steps=3, lr_scheduler="linear", lr_warmup_steps=1, checkpointing_steps=1,
+                    checkpoints_total_limit=1, estimate_scaling_factor=False, adam_epsilon=1e-3)
+    results = []
+    for name, batch, accumulation in (("big", 4, 1), ("small", 2, 2)):
+        config = vae_config(tmp_path / name, toy_data, train_batch_size=batch, gradient_accumulation_steps=accumulation,
+                            **settings)
+        config.data = ImageTextData(index_paths=[str(eight)], test_index_paths=[str(toy_data["target"])])
+        train_vae(config)
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
+        found = checkpoints.list_checkpoints(Path(config.output_dir) / "checkpoints")
+        assert [p.name for p in found] == ["checkpoint-3"]  # rotation kept only the newest
+        results.append({"weights": load_file(found[0] / "vae" / "diffusion_pytorch_model.safetensors"),
+                        "optimizer": torch.load(found[0] / "optimizer.bin", weights_only=True),
+                        "lr": torch.load(found[0] / "custom_checkpoint_0.pkl", weights_only=False)["_last_lr"]})
+    _tensors_close(results[0], results[1], "accumulated vs big batch")
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+from mrgen.training import harness
+
+original = harness._Loop._save_model_hook
+
+def save_then_die(self, models, weights, output_dir):
+    original(self, models, weights, output_dir)  # the model is written, the optimizer and RNG states are not
+    if self.progress.global_step == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+harness._Loop._save_model_hook = save_then_die
+from mrgen.training.cli import main
+main("vae", ["--config", sys.argv[1]])
+"""
+
+
+def test_kill_during_checkpoint_save_keeps_latest_complete(toy_data, tmp_path: Path) -> None:
+    config = vae_config(tmp_path / "run", toy_data, max_train_steps=3, checkpointing_steps=1)
+    (tmp_path / "config.yml").write_text(dump_yaml(config))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(tmp_path / "config.yml")], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    root = tmp_path / "run" / "checkpoints"
+    assert (root / ".tmp-checkpoint-2" / "vae").is_dir() and not (root / "checkpoint-2").exists()
+    assert checkpoints.resolve_resume("latest", root).name == "checkpoint-1"
+
+    train_vae(config, resume="latest")
+    assert [p.name for p in checkpoints.list_checkpoints(root)] == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
+    assert not any(p.name.startswith(".tmp-") for p in root.iterdir())
+
+
+def test_missing_text_encoder_folder_fails_before_training(toy_data, vae_pipeline: Path, tmp_path: Path) -> None:
+    config = unet_config(tmp_path, toy_data, vae_pipeline)
+    config.model = dataclasses.replace(config.model, text_encoder="biomedclip", text_encoder_path=str(tmp_path / "nope"))
+    with pytest.raises(TextEncoderError, match="tokenizer_BiomedCLIP/vocab.txt"):
+        train_unet(config)
+    wide = json.loads((Path(TINY) / "unet" / "config.json").read_text()) | {"in_channels": 16, "out_channels": 16}
+    (tmp_path / "wide" / "unet").mkdir(parents=True)
+    (tmp_path / "wide" / "unet" / "config.json").write_text(json.dumps(wide))
+    config.model = dataclasses.replace(config.model, text_encoder="minilm", config_path=str(tmp_path / "wide"))
+    with pytest.raises(ValueError, match="UNet takes 16 channels but the VAE makes 4"):
+        train_unet(config)
+
+
+def test_cli_reports_config_errors(tmp_path: Path) -> None:
+    path = tmp_path / "c.yml"
+    path.write_text("train:\n  max_train_steps: 2\n")
+    with pytest.raises(SystemExit, match="unknown key 'train.max_steps'"):
+        main("vae", ["--config", str(path), "train.max_steps=3"])
+
+
+def test_latent_cache_matches_the_vae_posterior(toy_data, tmp_path: Path) -> None:
+    vae = build_from_config(TINY, "vae").eval()
+    dataset = ImageTextDataset([toy_data["source"]], size=64, split="all", prompt_dropout=0.0)
+    accelerator = Accelerator(cpu=True)
+    cache = LatentCache.build(tmp_path / "cache", dataset, vae, accelerator, resolution=64, batch_size=4)
+    cached = CachedLatentDataset(dataset, cache)
+    item = cached[3]
+    with torch.no_grad():
+        posterior = vae.encode(dataset[3]["image"][None]).latent_dist
+    torch.testing.assert_close(item["latent_mean"], posterior.mean[0], rtol=1e-2, atol=1e-3)
+    torch.testing.assert_close(item["latent_std"], posterior.std[0], rtol=1e-2, atol=1e-3)
+    assert "image" not in item and item["prompt"] == dataset[3]["prompt"]
+    with pytest.raises(RuntimeError, match="stale"):
+        cache.get(3, "/somewhere/else.png")
+    manifest = (tmp_path / "cache" / "manifest.json").read_text()
+    LatentCache.build(tmp_path / "cache", dataset, vae, accelerator, resolution=64, batch_size=4)
+    assert (tmp_path / "cache" / "manifest.json").read_text() == manifest  # reused, not rebuilt
