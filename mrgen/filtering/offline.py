@@ -10,6 +10,12 @@ contains the click. What it measures:
 - **confidence**: how distinct that region is from its surroundings in the box, as a contrast-to-noise
   ratio ``|mean_in - mean_out| / pooled std``, mapped to [0, 1] by ``1 - exp(-CNR / cnr_scale)``.
 
+Calibration on the simulated dataset (``cnr_scale`` 0.75): real T2-SPIR slices scored against their own
+masks have 85 % of organs above IoU 0.7 and a median confidence of about 0.94; against another slice's
+masks, 4 % of organs. T1 contrasts are harder for an intensity-only segmenter (liver, spleen and muscle
+are close in T1): real T1 in-phase slices reach only about 15 % of organs above 0.7, so with a T1 target
+expect most candidates to pass only the relaxed rule, and prefer SAM2 where a checkpoint is available.
+
 How it differs from SAM2: it knows nothing about anatomy or texture, only intensity classes, so an organ
 that touches a neighbour of the same brightness leaks into it (lower IoU), and its confidence is a
 contrast measure, not a learned IoU prediction. It is cheap (milliseconds per organ) and deterministic.
@@ -33,7 +39,7 @@ class ClassicalSegmenter:
     margin: float = 0.15       # box margin, as a fraction of the box's larger side (at least 2 px)
     classes: int = 3           # multi-Otsu classes inside the box
     smoothing: float = 0.7     # Gaussian sigma in pixels before thresholding
-    cnr_scale: float = 2.0     # confidence = 1 - exp(-CNR / cnr_scale)
+    cnr_scale: float = 0.75    # confidence = 1 - exp(-CNR / cnr_scale); see the calibration note above
 
     def segment(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float]:
         """Segment the organ the mask prompts; return (segmentation, confidence)."""
@@ -82,7 +88,7 @@ class OfflineFilter:
 
 def _box_with_margin(mask: np.ndarray, margin: float) -> tuple[slice, slice]:
     rows, cols = np.nonzero(mask)
-    pad = max(2, int(round(margin * max(rows.ptp() + 1, cols.ptp() + 1))))
+    pad = max(2, int(round(margin * max(np.ptp(rows) + 1, np.ptp(cols) + 1))))
     return (slice(max(rows.min() - pad, 0), min(rows.max() + pad + 1, mask.shape[0])),
             slice(max(cols.min() - pad, 0), min(cols.max() + pad + 1, mask.shape[1])))
 

@@ -31,13 +31,14 @@ from mrgen.io.images import write_gray, write_rgb
 from mrgen.synthesis import manifest
 from mrgen.synthesis.finalize import write_outputs
 from mrgen.synthesis.outputs import RunLayout
+from mrgen.synthesis.sampler import ControlNetSampler, make_scheduler
 from mrgen.synthesis.seeds import candidate_seed
 from mrgen.viz import overlay
 
 log = logging.getLogger(__name__)
 
 # Keys of run_config.json that may differ on a resumed run without mixing incompatible samples.
-RESUMABLE_DIFFERENCES = {"num_parts", "part_id", "num_gpus", "thresholds", "top_k", "relax", "keep_relaxed",
+RESUMABLE_DIFFERENCES = {"num_parts", "part_id", "num_gpus", "processes", "thresholds", "top_k", "relax", "keep_relaxed",
                          "sample_per_mask", "max_masks", "log_dir"}
 
 
@@ -267,7 +268,8 @@ class Synthesizer:
 def describe_run(options: SynthesisOptions, pair: PairConfig, modality: str, size: int, example_prompt: str,
                  hashes: dict[str, str], filter_settings: dict[str, Any]) -> dict[str, Any]:
     """run_config.json: every setting the samples depend on, plus the ones that may change on resume."""
-    config = {k: v for k, v in asdict(options).items() if not k.endswith("_threshold")}
+    selection_thresholds = {"iou_threshold", "confidence_threshold", "avg_iou_threshold", "avg_confidence_threshold"}
+    config = {k: v for k, v in asdict(options).items() if k not in selection_thresholds}
     config.update(
         modality=modality, size=size, example_prompt=example_prompt, checkpoint_sha256=hashes,
         pair=asdict(pair), inference_indexes=list(pair.inference_indexes), filter=filter_settings,
@@ -290,8 +292,8 @@ def layout_for(options: SynthesisOptions, pair: PairConfig) -> RunLayout:
 
 def finalize(options: SynthesisOptions, layout: RunLayout) -> dict[str, Any]:
     run_config = json.loads(layout.run_config.read_text())
-    parts = run_config["num_parts"] * max(1, run_config.get("processes", 1))
-    done = sum(1 for _ in layout.manifest_dir.glob("*.done"))
+    parts = run_config["num_parts"] * run_config["processes"]
+    done = sum(1 for _ in layout.manifest_dir.glob(f"part-*-of-{parts:03d}.done"))
     summary = write_outputs(layout, options.rule, run_config, min(done, parts), parts)
     log.info("%d candidates, %d accepted (%.1f %%) -> %s", summary["candidates"], summary["accepted"],
              100 * summary["acceptance_rate"], layout.filtered_json)
@@ -303,3 +305,132 @@ def write_run_config(layout: RunLayout, run_config: dict[str, Any]) -> None:
     layout.root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(layout.run_config, run_config)
 
+
+
+def load_pair(config_path: str) -> PairConfig:
+    from mrgen.config import ControlNetConfig, load_config
+
+    pair = load_config(config_path, ControlNetConfig).data
+    if pair is None:
+        raise ValueError(f"{config_path}: no 'data' section; synthesis needs the pair config the ControlNet was trained with")
+    if not pair.inference_indexes:
+        raise ValueError(f"{config_path}: data.inference_indexes is empty; list the source indexes whose masks to synthesise from")
+    return pair
+
+
+def process_count(num_gpus: int) -> int:
+    available = torch.cuda.device_count()
+    if num_gpus > 1 and available < num_gpus:
+        log.warning("--num_gpus %d but %d CUDA device(s) visible: using %d process(es)", num_gpus, available, max(1, available))
+    return max(1, min(num_gpus, available))
+
+
+def build_filter(options: SynthesisOptions, device: torch.device) -> QualityFilter:
+    if options.filter == "offline":
+        from mrgen.filtering.offline import OfflineFilter
+
+        return OfflineFilter()
+    if options.filter == "sam2":
+        from mrgen.filtering.sam2_filter import Sam2Filter
+
+        return Sam2Filter(config=options.sam2_config, checkpoint=options.sam2_checkpoint, prompt=options.sam2_prompt,
+                          box_jitter=options.box_jitter, device=str(device), seed=options.seed)
+    raise ValueError(f"--filter must be 'offline' or 'sam2', got {options.filter!r}")
+
+
+def filter_settings(options: SynthesisOptions) -> dict[str, Any]:
+    if options.filter == "sam2":
+        checkpoint = Path(options.sam2_checkpoint)
+        return {"name": "sam2", "config": options.sam2_config, "prompt": options.sam2_prompt,
+                "box_jitter": options.box_jitter,
+                "checkpoint_sha256": file_sha256(checkpoint) if checkpoint.is_file() else None}
+    from mrgen.filtering.offline import ClassicalSegmenter
+
+    return {"name": options.filter, **asdict(ClassicalSegmenter())}
+
+
+def model_folders(options: SynthesisOptions) -> dict[str, Path]:
+    from mrgen.models.builders import CONTROLNET, UNET, VAE, component_dir
+
+    return {"vae": component_dir(options.ckpt, VAE), "unet": component_dir(options.ckpt, UNET),
+            "controlnet": component_dir(options.controlnet or options.ckpt, CONTROLNET)}
+
+
+def prepare_run(options: SynthesisOptions, pair: PairConfig, processes: int) -> dict[str, Any]:
+    """Check everything that can fail before any generation, then write run_config.json."""
+    from mrgen.models.builders import read_json
+
+    folders = model_folders(options)
+    registry = load_registry()
+    modality = target_modality(options, pair)
+    registry.attributes(modality)
+    channels = pair.encoding.channels(len(pair.organs))
+    controlnet_channels = read_json(folders["controlnet"] / "config.json").get("conditioning_channels")
+    if channels != options.channels or channels != controlnet_channels:
+        raise ValueError(f"--channels {options.channels}, the pair's {pair.mask_encoding} encoding of {len(pair.organs)} organs "
+                         f"({channels} channel(s)) and the ControlNet's conditioning_channels ({controlnet_channels}) must agree")
+    if options.filter == "sam2":
+        build_filter(options, torch.device("cpu"))  # a missing checkpoint fails here, before any generation
+    entries = inference_entries(pair)
+    size = options.size or int(read_json(folders["vae"] / "config.json")["sample_size"])
+    run_config = describe_run(options, pair, modality, size, pair_prompt(pair, registry, entries[0], modality),
+                              checkpoint_hashes(folders), filter_settings(options))
+    run_config.update(controlnet=str(folders["controlnet"]), processes=processes)
+    write_run_config(layout_for(options, pair), run_config)
+    return run_config
+
+
+def _device(rank: int) -> torch.device:
+    return torch.device(f"cuda:{rank}") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def make_sampler(options: SynthesisOptions, device: torch.device) -> ControlNetSampler:
+    from mrgen.models.pipeline_folder import load_pipeline_components
+
+    half = options.half if options.half is not None else device.type == "cuda"
+    dtype = torch.float16 if half else torch.float32
+    parts = load_pipeline_components(options.ckpt, controlnet_path=options.controlnet, device=device, dtype=dtype)
+    if parts.unet is None or parts.controlnet is None or parts.scheduler_config is None:
+        raise ValueError(f"{options.ckpt} must hold vae/, unet/, scheduler/ and a ControlNet (controlnet/ or --controlnet)")
+    return ControlNetSampler(parts.vae, parts.unet, parts.controlnet, parts.text_encoder,
+                             make_scheduler(options.scheduler, parts.scheduler_config), options.steps,
+                             options.guidance_scale, options.controlnet_scale, device, dtype)
+
+
+def my_masks(options: SynthesisOptions, count: int, part: int, parts: int) -> list[int]:
+    limit = count if options.max_masks is None else min(count, options.max_masks)
+    return [i for i in range(limit) if i % parts == part]
+
+
+def _work(rank: int, options: SynthesisOptions, processes: int) -> None:
+    pair = load_pair(options.config)
+    layout = layout_for(options, pair)
+    run_config = json.loads(layout.run_config.read_text())
+    registry = load_registry()
+    device = _device(rank)
+    entries = inference_entries(pair)
+    modality, size = run_config["modality"], run_config["size"]
+    part, parts = options.part_id * processes + rank, options.num_parts * processes
+    synthesizer = Synthesizer(
+        options, pair, layout, run_config, make_sampler(options, device), build_filter(options, device),
+        lambda i: mask_job(i, entries[i], pair, registry, modality, size), my_masks(options, len(entries), part, parts),
+        part, parts,
+    )
+    synthesizer.run()
+
+
+def synthesize(options: SynthesisOptions) -> dict[str, Any]:
+    """Run (or resume, or with ``refilter`` only re-select) a synthesis; return the summary."""
+    pair = load_pair(options.config)
+    layout = layout_for(options, pair)
+    if options.refilter:
+        if not layout.run_config.is_file():
+            raise FileNotFoundError(f"--refilter: {layout.run_config} does not exist; run the synthesis first")
+        return finalize(options, layout)
+    processes = process_count(options.num_gpus)
+    prepare_run(options, pair, processes)
+    if processes == 1:
+        _work(0, options, 1)
+    else:
+        torch.multiprocessing.spawn(_work, args=(options, processes), nprocs=processes, join=True)
+    return finalize(options, layout)

@@ -1,0 +1,177 @@
+"""Synthesis on CPU with tiny random-weight models and a small simulated dataset (code paths, not quality)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mrgen.data.index import load_index
+from mrgen.data.phantom import generate_phantom_dataset
+from mrgen.data.preprocess import preprocess_image, preprocess_mask
+from mrgen.filtering.offline import OfflineFilter
+from mrgen.io.images import read_gray
+from mrgen.models.builders import CONTROLNET, UNET, VAE, build_from_config, controlnet_from_unet
+from mrgen.models.pipeline_folder import TextEncoderSpec, write_text_encoder
+from mrgen.synthesis import manifest
+from mrgen.synthesis.run import SynthesisOptions, synthesize
+from mrgen.synthesis.seeds import candidate_seed
+
+TINY = Path(__file__).resolve().parents[1] / "ckpt" / "tiny"
+PAIR_YAML = """
+data:
+  name: phantom_T1_to_T2-SPIR
+  data_root: {root}
+  source_indexes: [Phantom_T1-InPhase_train.json]
+  target_indexes: [Phantom_T2-SPIR_train.json]
+  inference_indexes: [Phantom_T1-InPhase_test.json]
+  target_modality: T2 SPIR Abdomen MRI
+  organs: [liver, right kidney, left kidney, spleen]
+  organ_weights: [0.3, 0.5, 0.4, 0.6]
+"""
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("phantom")
+    generate_phantom_dataset(root, cases=2, seed=0, size=64, slices=8)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("pipeline")
+    unet = build_from_config(TINY, UNET)
+    build_from_config(TINY, VAE).save_pretrained(folder / "vae")
+    unet.save_pretrained(folder / "unet")
+    controlnet_from_unet(unet, 1, (16, 32, 96)).save_pretrained(folder / "controlnet")
+    shutil.copytree(TINY / "scheduler", folder / "scheduler")
+    write_text_encoder(folder, TextEncoderSpec("minilm"))
+    return folder
+
+
+@pytest.fixture
+def options(phantom, pipeline, tmp_path):
+    config = tmp_path / "pair.yml"
+    config.write_text(PAIR_YAML.format(root=phantom))
+
+    def make(**overrides) -> SynthesisOptions:
+        values = dict(ckpt=str(pipeline), log_dir=str(tmp_path / "run"), config=str(config), steps=2,
+                      num_images_per_prompt=2, max_tries_per_mask=4, max_masks=3, num_gpus=1,
+                      iou_threshold=0.0, confidence_threshold=0.0, avg_iou_threshold=0.0, avg_confidence_threshold=0.0)
+        values.update(overrides)
+        return SynthesisOptions(**values)
+    return make
+
+
+def _records(log_dir: str) -> list[dict]:
+    return sorted((r for r in manifest.read(Path(log_dir) / "manifest.jsonl")), key=lambda r: (r["mask_index"], r["try"]))
+
+
+def test_run_writes_the_original_layout_and_json(options):
+    opts = options()
+    summary = synthesize(opts)
+    root = Path(opts.log_dir)
+    assert summary["candidates"] == 12 and summary["masks"] == 3
+    for name in ("run_config.json", "manifest.jsonl", "README.md", "filter_scores.png",
+                 "json_files/synthetic_T2-SPIR.json", "json_files/synthetic_T2-SPIR_filtered.json",
+                 "synthetic_mask/0_mask.png", "synthetic_mask/0_mask_3.png",
+                 "synthetic_T2-SPIR/0_T2-SPIR_3.png", "synthetic_T2-SPIR_combined/0_T2-SPIR_3_combined.png"):
+        assert (root / name).is_file(), name
+    items = json.loads((root / "json_files/synthetic_T2-SPIR_filtered.json").read_text())
+    assert len(items) == 6  # thresholds 0: the first two of every mask
+    item = items[0]
+    assert item["prompt"][0].startswith("T2 SPIR Abdomen MRI, fat low signal")
+    assert (root / "json_files" / item["image_path"]).resolve().is_file()
+    assert {"mask_0_path", "mask_3_path", "sam2_avg_iou", "sam2_organs_confidence", "original_path"} <= set(item)
+    record = _records(opts.log_dir)[1]
+    assert record["seed"] == candidate_seed(0, record["mask_index"], record["try"])
+    assert record["source"]["patient_id"] and record["checkpoint_sha256"]["controlnet"]
+    assert "acceptance" not in record and record["reason"]
+
+
+def test_resume_after_a_crash_gives_identical_records_and_images(options, tmp_path):
+    straight = options(log_dir=str(tmp_path / "straight"))
+    synthesize(straight)
+    crashed = options(log_dir=str(tmp_path / "crashed"))
+    synthesize(crashed)
+    part = Path(crashed.log_dir) / "manifest" / "part-000-of-001.jsonl"
+    lines = part.read_text().splitlines(keepends=True)
+    part.write_text("".join(lines[:5]) + lines[5][:40])  # killed mid-append after 5 candidates
+    for path in Path(crashed.log_dir).glob("synthetic_T2-SPIR/2_*.png"):
+        path.unlink()  # and before the last mask's images were written
+    (Path(crashed.log_dir) / "manifest.jsonl").unlink()
+    synthesize(crashed)
+    a, b = _records(straight.log_dir), _records(crashed.log_dir)
+    drop = lambda r: {k: v for k, v in r.items() if k not in ("seconds", "image_path", "combined_path",  # noqa: E731
+                                                              "merged_mask_path", "mask_paths")}
+    assert [drop(r) for r in a] == [drop(r) for r in b]
+    for r in a:
+        name = Path(r["image_path"]).name
+        assert (Path(straight.log_dir) / "synthetic_T2-SPIR" / name).read_bytes() == \
+            (Path(crashed.log_dir) / "synthetic_T2-SPIR" / name).read_bytes()
+
+
+def test_parts_union_equals_one_run(options, tmp_path):
+    single = options(log_dir=str(tmp_path / "single"))
+    synthesize(single)
+    parts = [options(log_dir=str(tmp_path / "parts"), num_parts=2, part_id=k) for k in (0, 1)]
+    for p in parts:
+        synthesize(p)
+    keys = lambda log_dir: [(r["mask_index"], r["try"], r["seed"], r["organ_iou"]) for r in _records(log_dir)]  # noqa: E731
+    assert keys(parts[1].log_dir) == keys(single.log_dir)
+    assert "status: complete" in (Path(parts[1].log_dir) / "README.md").read_text()
+
+
+def test_changed_arguments_are_refused_and_refilter_reselects(options):
+    synthesize(options())
+    with pytest.raises(ValueError, match="guidance_scale"):
+        synthesize(options(guidance_scale=3.0))
+    strict = synthesize(options(refilter=True, avg_iou_threshold=1.01, iou_threshold=1.01))
+    assert strict["accepted"] == 0 and strict["candidates"] == 12
+
+
+def test_early_stop_generates_less(options):
+    summary = synthesize(options(early_stop=True))
+    assert summary["candidates"] == 6  # the first batch of 2 already passes (thresholds 0)
+
+
+def _phantom_t2(phantom: Path) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+    slices = []
+    for entry in load_index(phantom / "Phantom_T2-SPIR_all.json"):
+        if len(entry.organs) >= 2:
+            image = np.round((preprocess_image(read_gray(entry.image_path), 64) + 1) * 127.5).astype(np.uint8)
+            slices.append((image, [preprocess_mask(read_gray(p), 64) for p in entry.mask_paths]))
+    return slices
+
+
+def test_offline_filter_separates_own_from_shifted_masks(phantom):
+    own, shifted = [], []
+    for image, masks in _phantom_t2(phantom):
+        scores = OfflineFilter().score(image, masks)
+        assert all(i == 0 and c == 0 for i, c, m in zip(scores.organ_iou, scores.organ_confidence, masks) if not m.any())
+        own += [i for i, m in zip(scores.organ_iou, masks) if m.any()]
+        moved = OfflineFilter().score(image, [np.roll(m, (8, 8), axis=(0, 1)) for m in masks])
+        shifted += [i for i, m in zip(moved.organ_iou, masks) if m.any()]
+    own, shifted = np.array(own), np.array(shifted)
+    assert len(own) >= 10
+    assert (own > 0.7).mean() > 0.6 and (shifted > 0.7).mean() < 0.15
+    assert own.mean() > shifted.mean() + 0.3
+
+
+def test_sam2_path_runs_with_random_weights_and_needs_a_checkpoint(phantom, tmp_path):
+    from mrgen.filtering.sam2_filter import MissingCheckpointError, Sam2Filter
+
+    with pytest.raises(MissingCheckpointError, match="sam2_hiera_large.pt"):
+        Sam2Filter(checkpoint=tmp_path / "sam2_hiera_large.pt")
+    image, masks = _phantom_t2(phantom)[0]
+    sam2 = Sam2Filter(config="configs/sam2.1/sam2.1_hiera_t.yaml", random_weights=True, device="cpu", box_jitter=0.08)
+    for prompt in ("box", "mask"):
+        sam2.prompt = prompt
+        scores = sam2.score(image, masks)
+        assert len(scores.organ_iou) == 4 and all(0 <= v <= 1 for v in scores.organ_iou)
