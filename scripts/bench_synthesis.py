@@ -10,7 +10,6 @@ evaluations per accepted sample, acceptance rate and seconds per accepted sample
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from dataclasses import replace
