@@ -17,17 +17,19 @@ import logging
 import sys
 from pathlib import Path
 
-from mrgen.evaluation.seg_metrics import EMPTY_POLICIES
-from mrgen.evaluation.volume_eval import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from mrgen.evaluation.seg_metrics import EMPTY_POLICIES  # noqa: E402
+from mrgen.evaluation.volume_eval import (  # noqa: E402
     EvaluationInputError,
     EvaluationOptions,
     EvaluationPaths,
     evaluate_dataset,
     format_table,
 )
-from mrgen.nnunet import USER_ERRORS
-from mrgen.nnunet.env import find_dataset, raw_root
-from mrgen.nnunet.labels import DATASET2LABEL, evaluation_labels
+from mrgen.nnunet import USER_ERRORS  # noqa: E402
+from mrgen.nnunet.env import find_dataset, raw_root  # noqa: E402
+from mrgen.nnunet.labels import DATASET2LABEL, evaluation_labels  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

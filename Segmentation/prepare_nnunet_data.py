@@ -12,10 +12,13 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
-from mrgen.nnunet import USER_ERRORS
-from mrgen.nnunet.export import ExportOptions, export_json_files
-from mrgen.nnunet.labels import MASK2LABEL, export_labels
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from mrgen.nnunet import USER_ERRORS  # noqa: E402
+from mrgen.nnunet.export import ExportOptions, export_json_files  # noqa: E402
+from mrgen.nnunet.labels import MASK2LABEL, export_labels  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

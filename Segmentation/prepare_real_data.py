@@ -16,10 +16,12 @@ import logging
 import sys
 from pathlib import Path
 
-from mrgen.nnunet import USER_ERRORS
-from mrgen.nnunet.chaos import SEQUENCES
-from mrgen.nnunet.labels import MASK2LABEL, export_labels
-from mrgen.nnunet.real_data import DEFAULT_REGION, RealDataOptions, VolumeInputs, prepare_real_data
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from mrgen.nnunet import USER_ERRORS  # noqa: E402
+from mrgen.nnunet.chaos import SEQUENCES  # noqa: E402
+from mrgen.nnunet.labels import MASK2LABEL, export_labels  # noqa: E402
+from mrgen.nnunet.real_data import DEFAULT_REGION, RealDataOptions, VolumeInputs, prepare_real_data  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -16,7 +16,9 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from mrgen.evaluation.clip_score import CONTEXT_LENGTH, evaluate_clip_scores
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from mrgen.evaluation.clip_score import CONTEXT_LENGTH, evaluate_clip_scores  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -16,8 +16,10 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from mrgen.evaluation.fid import fid_between_folders
-from mrgen.io.atomic import atomic_write_json
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from mrgen.evaluation.fid import fid_between_folders  # noqa: E402
+from mrgen.io.atomic import atomic_write_json  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

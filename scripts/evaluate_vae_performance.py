@@ -13,7 +13,9 @@ import logging
 import sys
 from pathlib import Path
 
-from mrgen.evaluation.vae_eval import VaeEvalOptions, evaluate_vae_folder
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from mrgen.evaluation.vae_eval import VaeEvalOptions, evaluate_vae_folder  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
