@@ -189,6 +189,12 @@ def test_missing_or_malformed_biomedclip_folder_is_a_clear_error(tmp_path: Path)
         load_text_encoder("biomedclip", None)
     (tmp_path / RELEASED_ENCODER_DIR).mkdir()
     (tmp_path / RELEASED_ENCODER_DIR / "config.json").write_text(json.dumps({"model_type": "clip"}))
+    with pytest.raises(TextEncoderError, match="no weights file; expected one of model.safetensors"):
+        load_text_encoder("biomedclip", tmp_path)
+    save_file({"text_model.x": torch.zeros(1)}, str(tmp_path / RELEASED_ENCODER_DIR / "model.safetensors"))
+    with pytest.raises(TextEncoderError, match="tokenizer_BiomedCLIP: no BERT tokenizer"):
+        load_text_encoder("biomedclip", tmp_path)
+    _write_tokenizer(tmp_path / RELEASED_TOKENIZER_DIR)
     with pytest.raises(TextEncoderError, match="text_config"):
         load_text_encoder("biomedclip", tmp_path)
     with pytest.raises(TextEncoderError, match="unknown text encoder"):

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -288,3 +289,47 @@ def test_latent_cache_matches_the_vae_posterior(toy_data, tmp_path: Path) -> Non
     manifest = (tmp_path / "cache" / "manifest.json").read_text()
     LatentCache.build(tmp_path / "cache", dataset, vae, accelerator, resolution=64, batch_size=4)
     assert (tmp_path / "cache" / "manifest.json").read_text() == manifest  # reused, not rebuilt
+
+
+def _launch(script: str, config: Path, *extra: str, **popen) -> subprocess.Popen:
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", script, "--config", str(config), *extra]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    return subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            **popen)
+
+
+@pytest.mark.slow
+def test_accelerate_launch_chain_survives_kill_9(toy_data, tmp_path: Path) -> None:
+    """The three scripts under `accelerate launch`; the ControlNet run is killed with SIGKILL and resumed."""
+    vae = vae_config(tmp_path / "vae", toy_data)
+    unet = unet_config(tmp_path / "unet", toy_data, tmp_path / "vae" / "pipeline", cache_latents=True)
+    pair = PairConfig(name="toy", source_indexes=[toy_data["source"].name], target_indexes=[toy_data["target"].name],
+                      target_modality="T2 SPIR Abdomen MRI", organs=list(ORGANS), organ_weights=[0.3, 0.5, 0.4, 0.6],
+                      data_root=str(toy_data["root"]))
+    controlnet = ControlNetConfig(name="toy_cn", output_dir=str(tmp_path / "cn"), seed=0, data=pair,
+                                  model=DiffusionModelSection(config_path=TINY, pretrained_model_path=str(unet.output_dir) + "/pipeline"),
+                                  train=diffusion_train(max_train_steps=1000, checkpointing_steps=2), validation=VALIDATION)
+    for name, config in (("vae", vae), ("unet", unet), ("controlnet", controlnet)):
+        (tmp_path / f"{name}.yml").write_text(dump_yaml(config))
+    for name in ("vae", "unet"):
+        process = _launch(f"train_{name}.py", tmp_path / f"{name}.yml")
+        assert process.wait(timeout=300) == 0, process.stdout.read()[-3000:]
+
+    process = _launch("train_controlnet.py", tmp_path / "controlnet.yml", start_new_session=True)
+    root = tmp_path / "cn" / "checkpoints"
+    for _ in range(600):
+        if len(checkpoints.list_checkpoints(root)) >= 2 or process.poll() is not None:
+            break
+        time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=60)
+    killed_at = checkpoints.checkpoint_step(checkpoints.resolve_resume("latest", root))
+    assert killed_at >= 2
+
+    process = _launch("train_controlnet.py", tmp_path / "controlnet.yml", "--resume", "latest",
+                      f"train.max_train_steps={killed_at + 2}")
+    assert process.wait(timeout=300) == 0
+    output = process.stdout.read()
+    assert f"resumed at optimizer step {killed_at}" in output, output[-3000:]
+    ControlNetModel.from_pretrained(tmp_path / "cn" / "pipeline" / "controlnet")

@@ -150,5 +150,4 @@ def load_pair(folder: str | Path) -> PairConfig:
 def train_controlnet(config: ControlNetConfig, resume: str | None = None) -> Path:
     """Train a pair's ControlNet; returns its pipeline folder (``controlnet/`` plus the frozen models)."""
     output_dir = Path(config.output_dir)
-    return run_training(config, config.train,
-                        lambda accelerator: ControlNetStage(config, accelerator, output_dir), resume)
+    return run_training(config, lambda accelerator: ControlNetStage(config, accelerator, output_dir), resume)

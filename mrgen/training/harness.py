@@ -37,7 +37,7 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from mrgen.config import StageConfig, TrainSection, dump_yaml, to_dict
+from mrgen.config import ControlNetConfig, StageConfig, TrainSection, UNetConfig, VAEConfig, dump_yaml, to_dict
 from mrgen.io.atomic import atomic_write_text
 from mrgen.models.builders import load_pretrained
 from mrgen.training import checkpoints
@@ -105,8 +105,9 @@ class EpochShuffleSampler(Sampler[int]):
         return self.size
 
 
-def run_training(config: StageConfig, train: TrainSection, make_stage: StageFactory, resume: str | None = None) -> Path:
-    """Train ``make_stage(accelerator)`` per ``train`` and return the exported pipeline folder."""
+def run_training(config: VAEConfig | UNetConfig | ControlNetConfig, make_stage: StageFactory, resume: str | None = None) -> Path:
+    """Train ``make_stage(accelerator)`` per ``config.train`` and return the exported pipeline folder."""
+    train = config.train
     output_dir = Path(config.output_dir)
     torch.set_num_threads(train.num_threads or os.cpu_count() or 1)
     if train.allow_tf32:

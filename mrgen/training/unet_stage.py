@@ -110,4 +110,4 @@ class UNetStage:
 def train_unet(config: UNetConfig, resume: str | None = None) -> Path:
     """Train the UNet; returns the pipeline folder (``vae/``, ``unet/``, ``scheduler/``, text encoder record)."""
     output_dir = Path(config.output_dir)
-    return run_training(config, config.train, lambda accelerator: UNetStage(config, accelerator, output_dir), resume)
+    return run_training(config, lambda accelerator: UNetStage(config, accelerator, output_dir), resume)

@@ -104,4 +104,4 @@ class VAEStage:
 
 def train_vae(config: VAEConfig, resume: str | None = None) -> Path:
     """Train the VAE; returns the pipeline folder (``<output_dir>/pipeline`` with ``vae/``)."""
-    return run_training(config, config.train, lambda accelerator: VAEStage(config, accelerator), resume)
+    return run_training(config, lambda accelerator: VAEStage(config, accelerator), resume)

@@ -98,7 +98,7 @@ def save_loss_curve(path: str | os.PathLike, steps: Sequence[int], losses: Seque
     ax = figure.add_subplot()
     steps_arr, losses_arr = np.asarray(steps), np.asarray(losses, dtype=np.float64)
     ax.plot(steps_arr, losses_arr, color="tab:blue", alpha=0.3, linewidth=0.8, label="loss per step")
-    window = max(1, len(losses_arr) // 50)
+    window = min(max(len(losses_arr) // 20, 5), 1000)
     if len(losses_arr) >= window > 1:
         smooth = np.convolve(losses_arr, np.ones(window) / window, mode="valid")
         ax.plot(steps_arr[window - 1:], smooth, color="tab:blue", linewidth=1.6, label=f"mean of {window}")
