@@ -56,7 +56,7 @@ def toy_data(tmp_path_factory) -> dict[str, Path]:
 
 def vae_config(out: Path, data: dict[str, Path], **train) -> VAEConfig:
     settings = dict(train_batch_size=2, max_train_steps=2, learning_rate=1e-3, checkpointing_steps=100,
-                    validation_steps=100, num_threads=2, estimate_scaling_factor=True)
+                    validation_steps=100, num_threads=1, estimate_scaling_factor=True)
     settings.update(train)
     return VAEConfig(name="toy_vae", output_dir=str(out), seed=0, model=VAEModelSection(config_path=TINY),
                      data=ImageTextData(index_paths=[str(data["source"]), str(data["target"])], test_fraction=0.34),
@@ -65,7 +65,7 @@ def vae_config(out: Path, data: dict[str, Path], **train) -> VAEConfig:
 
 def diffusion_train(**train) -> DiffusionTrainSection:
     settings = dict(train_batch_size=2, max_train_steps=2, learning_rate=1e-3, checkpointing_steps=100,
-                    validation_steps=100, num_threads=2)
+                    validation_steps=100, num_threads=1)
     settings.update(train)
     return DiffusionTrainSection(**settings)
 
