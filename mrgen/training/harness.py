@@ -187,6 +187,9 @@ class _Loop:
         train, acc = self.train, self.accelerator
         effective = train.train_batch_size * acc.num_processes * train.gradient_accumulation_steps
         trainable = sum(p.numel() for p in self.stage.trained_model.parameters() if p.requires_grad)
+        acc.init_trackers(self.config.name, config=_flat_hparams(to_dict(self.config)))
+        if not acc.is_main_process:
+            return
         log.info("%s stage: %d trainable parameters, %d training slices, %d process(es) on %s, mixed precision %s",
                  self.stage.name, trainable, len(self.stage.train_dataset), acc.num_processes, acc.device,
                  acc.mixed_precision)
@@ -194,7 +197,6 @@ class _Loop:
                  "%s LR %.3g with %d warm-up steps", effective, train.train_batch_size, acc.num_processes,
                  train.gradient_accumulation_steps, train.max_train_steps, train.lr_scheduler, train.learning_rate,
                  train.lr_warmup_steps)
-        acc.init_trackers(self.config.name, config=_flat_hparams(to_dict(self.config)))
 
     # ----- checkpoints -------------------------------------------------------------------------------
     def _save_model_hook(self, models: list, weights: list, output_dir: str) -> None:
@@ -212,17 +214,20 @@ class _Loop:
 
     def resume(self, resume: str | None) -> None:
         path = checkpoints.resolve_resume(resume, self.checkpoint_root)
-        if resume and path is None:
-            log.warning("--resume %s: no complete checkpoint in %s yet; starting a new run", resume, self.checkpoint_root)
-            return
+        main = self.accelerator.is_main_process
         if path is None:
+            if resume and main:
+                log.warning("--resume %s: no complete checkpoint in %s yet; starting a new run", resume,
+                            self.checkpoint_root)
             return
-        log.info("resuming from %s", path)
+        if main:
+            log.info("resuming from %s", path)
         self.accelerator.load_state(str(path))
         if self.ema is not None:
             self.ema.to(self.accelerator.device)  # its state is loaded onto the CPU
-        log.info("resumed at optimizer step %d (epoch %d, micro-batch %d)", self.progress.global_step,
-                 self.progress.epoch, self.progress.batches_in_epoch)
+        if main:
+            log.info("resumed at optimizer step %d (epoch %d, micro-batch %d)", self.progress.global_step,
+                     self.progress.epoch, self.progress.batches_in_epoch)
 
     def save_checkpoint(self) -> None:
         acc, step = self.accelerator, self.progress.global_step
