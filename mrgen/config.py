@@ -114,12 +114,17 @@ class VAEModelSection:
 @dataclass
 class DiffusionModelSection:
     config_path: str = "ckpt"  # folder with unet/, controlnet/ and scheduler/ configs
-    pretrained_model_path: str | None = None  # required; pipeline folder with the frozen models (UNet stage: vae/; ControlNet: vae/, unet/)
+    # required: the pipeline folder with the frozen models (UNet stage: vae/; ControlNet stage: vae/, unet/)
+    pretrained_model_path: str | None = None
     init_from: str | None = None  # trained weights to start the trained model from; null = new
     text_encoder: Literal["minilm", "biomedclip"] = "minilm"
     text_encoder_path: str | None = None  # biomedclip only
     resolution: int | None = None  # image size; null = the VAE config's sample_size
     attention: Literal["sdpa", "xformers"] = "sdpa"
+    # ControlNet stage, new ControlNets only: "zero" (the original) zero-initialises the last convolution of the
+    # mask embedding; "default" gives it PyTorch's default init, so the mask reaches the ControlNet's features
+    # from step 0 (its output zero convolutions stay zero, so the UNet's prediction is unchanged at step 0)
+    condition_embedding_init: Literal["zero", "default"] = "zero"
 
 
 @dataclass

@@ -77,6 +77,12 @@ def unet_config(out: Path, data: dict[str, Path], vae_pipeline: Path, **train) -
                       train=diffusion_train(**train), validation=VALIDATION)
 
 
+def toy_pair(data: dict[str, Path]) -> PairConfig:
+    return PairConfig(name="toy_T1_to_T2", source_indexes=[data["source"].name], target_indexes=[data["target"].name],
+                      target_modality="T2 SPIR Abdomen MRI", organs=list(ORGANS), organ_weights=[0.3, 0.5, 0.4, 0.6],
+                      data_root=str(data["root"]))
+
+
 @pytest.fixture(scope="module")
 def vae_pipeline(toy_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("vae_run")
@@ -117,10 +123,7 @@ def test_unet_stage_with_cached_latents_and_ema(unet_pipeline: Path, vae_pipelin
 
 
 def test_controlnet_stage_trains_from_the_unet(toy_data, unet_pipeline: Path, tmp_path: Path) -> None:
-    pair = PairConfig(name="toy_T1_to_T2", source_indexes=[toy_data["source"].name],
-                      target_indexes=[toy_data["target"].name], target_modality="T2 SPIR Abdomen MRI",
-                      organs=list(ORGANS), organ_weights=[0.3, 0.5, 0.4, 0.6], data_root=str(toy_data["root"]))
-    config = ControlNetConfig(name="toy_cn", output_dir=str(tmp_path), seed=0, data=pair,
+    config = ControlNetConfig(name="toy_cn", output_dir=str(tmp_path), seed=0, data=toy_pair(toy_data),
                               model=DiffusionModelSection(config_path=TINY, pretrained_model_path=str(unet_pipeline)),
                               train=diffusion_train(timestep_sampling="cubic"), validation=VALIDATION)
     pipeline = train_controlnet(config)
@@ -131,6 +134,17 @@ def test_controlnet_stage_trains_from_the_unet(toy_data, unet_pipeline: Path, tm
         assert (pipeline / name).is_dir()
     assert json.loads((pipeline / "pair.json").read_text())["target_modality"] == "T2 SPIR Abdomen MRI"
     assert (tmp_path / "validation" / "step_0000002.png").is_file()
+
+
+def test_condition_embedding_init_default_lets_the_mask_in_from_step_0(toy_data, unet_pipeline: Path,
+                                                                         tmp_path: Path) -> None:
+    model = DiffusionModelSection(config_path=TINY, pretrained_model_path=str(unet_pipeline),
+                                  condition_embedding_init="default")
+    config = ControlNetConfig(name="toy_cn_init", output_dir=str(tmp_path), seed=0, data=toy_pair(toy_data),
+                              model=model, train=diffusion_train(max_train_steps=1), validation=VALIDATION)
+    controlnet = ControlNetModel.from_pretrained(train_controlnet(config) / "controlnet")
+    assert controlnet.controlnet_cond_embedding.conv_out.weight.abs().sum() > 0.1  # not zero-initialised
+    assert DiffusionModelSection().condition_embedding_init == "zero"  # the original stays the default
 
 
 def _tensors_close(a, b, what: str) -> None:
@@ -304,11 +318,9 @@ def test_accelerate_launch_chain_survives_kill_9(toy_data, tmp_path: Path) -> No
     """The three scripts under `accelerate launch`; the ControlNet run is killed with SIGKILL and resumed."""
     vae = vae_config(tmp_path / "vae", toy_data)
     unet = unet_config(tmp_path / "unet", toy_data, tmp_path / "vae" / "pipeline", cache_latents=True)
-    pair = PairConfig(name="toy", source_indexes=[toy_data["source"].name], target_indexes=[toy_data["target"].name],
-                      target_modality="T2 SPIR Abdomen MRI", organs=list(ORGANS), organ_weights=[0.3, 0.5, 0.4, 0.6],
-                      data_root=str(toy_data["root"]))
-    controlnet = ControlNetConfig(name="toy_cn", output_dir=str(tmp_path / "cn"), seed=0, data=pair,
-                                  model=DiffusionModelSection(config_path=TINY, pretrained_model_path=str(unet.output_dir) + "/pipeline"),
+    pair = toy_pair(toy_data)
+    model = DiffusionModelSection(config_path=TINY, pretrained_model_path=str(Path(unet.output_dir) / "pipeline"))
+    controlnet = ControlNetConfig(name="toy_cn", output_dir=str(tmp_path / "cn"), seed=0, data=pair, model=model,
                                   train=diffusion_train(max_train_steps=1000, checkpointing_steps=2), validation=VALIDATION)
     for name, config in (("vae", vae), ("unet", unet), ("controlnet", controlnet)):
         (tmp_path / f"{name}.yml").write_text(dump_yaml(config))

@@ -27,7 +27,7 @@ import torch
 from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 
 from mrgen.io.atomic import atomic_write_json
-from mrgen.models.builders import (CONTROLNET, SCHEDULER, UNET, VAE, ModelFolderError, component_dir,
+from mrgen.models.builders import (CONTROLNET, UNET, VAE, ModelFolderError, component_dir,
                                    copy_component, load_pretrained, read_json, scheduler_config)
 from mrgen.models.text_encoders import (OPEN_CLIP_CONFIG, RELEASED_ENCODER_DIR, RELEASED_TOKENIZER_DIR,
                                         TextEncoder, TextEncoderError, check_text_encoder,

@@ -148,7 +148,8 @@ def _load_minilm() -> TextEncoder:
 def _locate_biomedclip(path: Path) -> tuple[str, Path, Path]:
     """(layout, encoder folder, tokenizer folder) of a BiomedCLIP folder, checking the files exist."""
     if (path / OPEN_CLIP_CONFIG).is_file():
-        tokenizer_dir = path if any((path / f).is_file() for f in TOKENIZER_FILES) else path.parent / RELEASED_TOKENIZER_DIR
+        has_tokenizer = any((path / f).is_file() for f in TOKENIZER_FILES)
+        tokenizer_dir = path if has_tokenizer else path.parent / RELEASED_TOKENIZER_DIR
         _first_existing(path, OPEN_CLIP_WEIGHTS)
         _check_tokenizer_dir(tokenizer_dir)
         return "open_clip", path, tokenizer_dir

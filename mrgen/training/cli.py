@@ -26,7 +26,8 @@ def parse_args(stage: str, argv: Sequence[str] | None) -> argparse.Namespace:
                "train.learning_rate=1e-4 output_dir=runs/try1")
     parser.add_argument("--config", required=True, help="the YAML config (training_configs/...)")
     parser.add_argument("--resume", default=None, metavar="latest|PATH",
-                        help="continue from the newest checkpoint in output_dir/checkpoints, or from a checkpoint folder")
+                        help="continue from the newest checkpoint in output_dir/checkpoints, or from a given "
+                             "checkpoint folder")
     parser.add_argument("overrides", nargs="*", metavar="key=value",
                         help="override config keys: section.key=value, or key=value for a unique key name")
     return parser.parse_args(argv)

@@ -86,6 +86,8 @@ class ControlNetStage:
         else:
             embedding = tuple(model_config(model.config_path, CONTROLNET)["conditioning_embedding_out_channels"])
             controlnet = controlnet_from_unet(unet, condition_channels, embedding)
+            if model.condition_embedding_init == "default":
+                controlnet.controlnet_cond_embedding.conv_out.reset_parameters()
         if controlnet.config.conditioning_channels != condition_channels:
             raise ValueError(f"the ControlNet takes {controlnet.config.conditioning_channels} condition channels but "
                              f"mask_encoding {self.pair.mask_encoding!r} of {len(self.pair.organs)} organs gives "

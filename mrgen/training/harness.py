@@ -105,7 +105,8 @@ class EpochShuffleSampler(Sampler[int]):
         return self.size
 
 
-def run_training(config: VAEConfig | UNetConfig | ControlNetConfig, make_stage: StageFactory, resume: str | None = None) -> Path:
+def run_training(config: VAEConfig | UNetConfig | ControlNetConfig, make_stage: StageFactory,
+                 resume: str | None = None) -> Path:
     """Train ``make_stage(accelerator)`` per ``config.train`` and return the exported pipeline folder."""
     train = config.train
     output_dir = Path(config.output_dir)

@@ -14,7 +14,8 @@ from mrgen.config import TrainSection
 log = logging.getLogger(__name__)
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], train: TrainSection, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(params: Iterable[torch.nn.Parameter], train: TrainSection,
+                   device: torch.device) -> torch.optim.Optimizer:
     """AdamW with the config's betas, decay and epsilon; bitsandbytes' 8-bit AdamW when asked and usable."""
     kwargs = dict(lr=train.learning_rate, betas=(train.adam_beta1, train.adam_beta2),
                   weight_decay=train.adam_weight_decay, eps=train.adam_epsilon)

@@ -57,7 +57,8 @@ class UNetStage:
                              "unaugmented images")
         train_set, self.val_dataset = image_text_datasets(config.data, self.resolution, config.modality_attributes,
                                                           config.data.augment)
-        self.text_spec = TextEncoderSpec(model.text_encoder, Path(model.text_encoder_path) if model.text_encoder_path else None)
+        encoder_path = Path(model.text_encoder_path) if model.text_encoder_path else None
+        self.text_spec = TextEncoderSpec(model.text_encoder, encoder_path)
         self.validation_prompts = self._validation_prompts()
         self.prompts = shared_prompt_embeddings(accelerator, self.text_spec,
                                                 train_set.prompts + self.validation_prompts, dtype)

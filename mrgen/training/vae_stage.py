@@ -39,7 +39,8 @@ class VAETrainingModule(torch.nn.Module):
         super().__init__()
         self.vae = vae
 
-    def forward(self, images: torch.Tensor, sample_posterior: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor,
+                sample_posterior: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         posterior = self.vae.encode(images).latent_dist
         latents = posterior.sample() if sample_posterior else posterior.mode()
         return self.vae.decode(latents).sample, posterior.mean, posterior.logvar
