@@ -66,7 +66,7 @@ class TrainSection:
     checkpoints_total_limit: int | None = None  # keep this many newest checkpoints; null keeps all
     validation_steps: int = 500
     dataloader_num_workers: int = 0
-    num_threads: int = 0  # torch CPU threads; 0 = all cores
+    num_threads: int = 0  # torch CPU threads per process; 0 = the cores shared among the machine's processes
     log_every_steps: int = 1  # tensorboard scalars
 
 
@@ -82,6 +82,13 @@ class DiffusionTrainSection(TrainSection):
     timestep_sampling: Literal["uniform", "cubic"] = "uniform"  # cubic: t = (1 - u^3) T, more high-noise steps
     cache_latents: bool = False  # encode each image once (posterior mean and std), sample from it every step
     latent_cache_dir: str | None = None  # default: <output_dir>/latent_cache
+
+
+@dataclass
+class ControlNetTrainSection(DiffusionTrainSection):
+    # null (the original): the UNet stays frozen. A number: the UNet is trained together with the ControlNet at
+    # this learning rate (its own AdamW group, same schedule), saved in checkpoints and exported as pipeline/unet
+    unet_learning_rate: float | None = None
 
 
 @dataclass
@@ -155,7 +162,7 @@ class UNetConfig(StageConfig):
 class ControlNetConfig(StageConfig):
     model: DiffusionModelSection = field(default_factory=DiffusionModelSection)
     data: PairConfig | None = None  # required: the source/target pair
-    train: DiffusionTrainSection = field(default_factory=DiffusionTrainSection)
+    train: ControlNetTrainSection = field(default_factory=ControlNetTrainSection)
     validation: ValidationSection = field(default_factory=lambda: ValidationSection(guidance_scale=6.0))
 
 

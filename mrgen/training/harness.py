@@ -56,6 +56,8 @@ class Stage(Protocol):
 
     name: str  # the trained component: "vae", "unet" or "controlnet" (its folder name in checkpoints)
     trained_model: ModelMixin  # the diffusers model whose weights are trained and saved
+    # optional ``companions``: {name: (model, learning rate)}, further models trained with it (own LR group, in the
+    # EMA, saved in checkpoints as <name>/); the stage's export writes them
     module: torch.nn.Module  # what is prepared and called: the model itself or a wrapper around it
     train_dataset: Dataset
 
@@ -110,7 +112,8 @@ def run_training(config: VAEConfig | UNetConfig | ControlNetConfig, make_stage: 
     """Train ``make_stage(accelerator)`` per ``config.train`` and return the exported pipeline folder."""
     train = config.train
     output_dir = Path(config.output_dir)
-    torch.set_num_threads(train.num_threads or os.cpu_count() or 1)
+    local_processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))  # set by accelerate launch / torchrun
+    torch.set_num_threads(train.num_threads or max(1, (os.cpu_count() or 1) // local_processes))
     if train.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -153,8 +156,11 @@ class _Loop:
         model = stage.trained_model
         if train.gradient_checkpointing:
             model.enable_gradient_checkpointing()
+        self.companions: dict[str, tuple[ModelMixin, float]] = getattr(stage, "companions", {})
         self.ema = self._make_ema(model) if train.use_ema else None
-        optimizer = make_optimizer(model.parameters(), train, accelerator.device)
+        groups = [{"params": list(model.parameters())}]
+        groups += [{"params": list(m.parameters()), "lr": lr} for m, lr in self.companions.values()]
+        optimizer = make_optimizer(groups, train, accelerator.device)
         self.lr_scheduler = make_lr_scheduler(optimizer, train)
         self.sampler = EpochShuffleSampler(len(stage.train_dataset), config.seed)
         dataloader = self._make_dataloader()
@@ -167,8 +173,13 @@ class _Loop:
         self._log_setup()
 
     # ----- setup -------------------------------------------------------------------------------------
+    def _trained_parameters(self) -> list[torch.nn.Parameter]:
+        """The trained model's parameters, then its companions' (what the EMA averages)."""
+        models = [self.stage.trained_model, *(m for m, _ in self.companions.values())]
+        return [p for m in models for p in m.parameters()]
+
     def _make_ema(self, model: ModelMixin) -> EMAModel:
-        ema = EMAModel(model.parameters(), decay=self.train.ema_decay, use_ema_warmup=self.train.ema_warmup,
+        ema = EMAModel(self._trained_parameters(), decay=self.train.ema_decay, use_ema_warmup=self.train.ema_warmup,
                        model_cls=type(model), model_config=model.config)
         ema.to(self.accelerator.device)
         return ema
@@ -204,12 +215,16 @@ class _Loop:
         """Save the trained model as a stock diffusers folder instead of accelerate's raw state dict."""
         if self.accelerator.is_main_process:
             self.stage.trained_model.save_pretrained(Path(output_dir) / self.stage.name)
+            for name, (companion, _) in self.companions.items():
+                companion.save_pretrained(Path(output_dir) / name)
         while weights:
             weights.pop()
 
     def _load_model_hook(self, models: list, input_dir: str) -> None:
         loaded = load_pretrained(input_dir, self.stage.name)
         self.stage.trained_model.load_state_dict(loaded.state_dict())
+        for name, (companion, _) in self.companions.items():
+            companion.load_state_dict(load_pretrained(input_dir, name).state_dict())
         while models:
             models.pop()
 
@@ -268,7 +283,7 @@ class _Loop:
                     continue
                 self.lr_scheduler.step()
                 if self.ema is not None:
-                    self.ema.step(self.stage.trained_model.parameters())
+                    self.ema.step(self._trained_parameters())
                 progress.global_step += 1
                 mean_loss = acc.reduce(step_loss, reduction="mean").item()
                 step_loss.zero_()
@@ -319,15 +334,15 @@ class _Loop:
         """The trained model in eval mode, holding the EMA weights when EMA is on."""
         model = self.stage.trained_model
         if self.ema is not None:
-            self.ema.store(model.parameters())
-            self.ema.copy_to(model.parameters())
+            self.ema.store(self._trained_parameters())
+            self.ema.copy_to(self._trained_parameters())
         model.eval()
         try:
             with torch.no_grad(), self.accelerator.autocast():
                 yield model
         finally:
             if self.ema is not None:
-                self.ema.restore(model.parameters())
+                self.ema.restore(self._trained_parameters())
             self.module.train()
 
     def validate(self) -> None:
