@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -58,17 +58,10 @@ class SliceGeometry:
     source_image: str | None = None
     source_label: str | None = None
     version: int = SIDECAR_VERSION
-    extra: dict = field(default_factory=dict)
 
     @property
     def num_slices(self) -> int:
         return len(self.slice_names)
-
-    @property
-    def output_spacing_mm(self) -> list[float]:
-        """(row, col) spacing of an exported slice after padding and resizing."""
-        scale = 1.0 if self.output_size is None else self.padded_size / self.output_size
-        return [s * scale for s in self.in_plane_spacing_mm]
 
     def save(self, path: str | os.PathLike) -> None:
         atomic_write_json(path, asdict(self))

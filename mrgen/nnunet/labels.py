@@ -114,10 +114,6 @@ def evaluation_labels(name_or_path: str) -> EvaluationLabels:
     return EvaluationLabels(ids_by_organ, source)
 
 
-def evaluation_labels_from_export(labels: ExportLabels) -> EvaluationLabels:
-    return EvaluationLabels({organ: (i,) for organ, i in labels.ids.items()}, labels.source)
-
-
 def _organs_in_mask_order(raw: Mapping[str, str], source: str) -> tuple[str, ...]:
     numbered: dict[int, str] = {}
     for key, organ in raw.items():
