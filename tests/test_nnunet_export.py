@@ -152,6 +152,14 @@ def test_lean_environment_and_trainer_discovery(tmp_path, monkeypatch):
     trainer = recursive_find_trainer_class_by_name(SHORT_TRAINER)
     assert trainer.__name__ == SHORT_TRAINER and issubclass(trainer, nnUNetTrainer)
 
+    from mrgen.nnunet.trainers.nnUNetTrainer_MRGenShort import _env_int
+
+    monkeypatch.setenv("MRGEN_NNUNET_EPOCHS", "3")
+    assert _env_int("MRGEN_NNUNET_EPOCHS", 10, 1) == 3
+    monkeypatch.setenv("MRGEN_NNUNET_EPOCHS", "ten")
+    with pytest.raises(ValueError, match="MRGEN_NNUNET_EPOCHS='ten' must be an integer"):
+        _env_int("MRGEN_NNUNET_EPOCHS", 10, 1)
+
 
 def test_exports_pass_nnunet_integrity_check(tmp_path):
     """PNG and NIfTI exports through nnU-Net's own plan_and_preprocess --verify_dataset_integrity."""

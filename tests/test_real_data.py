@@ -236,3 +236,28 @@ def test_evaluation_names_case_and_counts_on_mismatch(tmp_path):
     with pytest.raises(EvaluationInputError, match=r"case c1: 8 ground truth slices .* has 9; missing e.g. \['c1_s004.png'\]"):
         evaluate_folder(pred, dataset_dir / "labelsTs", dataset_dir / "geometryTs", tmp_path / "out", labels, labels,
                         EvaluationOptions())
+
+
+def test_msd_task_and_nnunet_style_folders(tmp_path):
+    image, labels = _labelled_volume((23, 37, 9))
+    labels = np.minimum(labels, 2)  # MSD prostate: 1 PZ, 2 TZ
+    affine = np.diag([-0.6, -0.6, 3.6, 1.0])
+    task = tmp_path / "Task05_Prostate"
+    (task / "imagesTr").mkdir(parents=True)
+    (task / "labelsTr").mkdir()
+    nib.save(nib.Nifti1Image(np.stack([image, -image], axis=-1), affine), task / "imagesTr" / "prostate_00.nii.gz")
+    nib.save(nib.Nifti1Image(labels, affine), task / "labelsTr" / "prostate_00.nii.gz")
+    (task / "dataset.json").write_text(json.dumps({
+        "name": "Prostate", "labels": {"0": "background", "1": "PZ", "2": "TZ"},
+        "training": [{"image": "./imagesTr/prostate_00.nii.gz", "label": "./labelsTr/prostate_00.nii.gz"}]}))
+    adc = VolumeInputs(msd_dir=task, channel=1).sources()[0].load()
+    assert adc.case_id == "prostate_00_ch1" and adc.label_names == ["PZ", "TZ"]
+    np.testing.assert_array_equal(adc.image, -image)
+    with pytest.raises(VolumeError, match="--channel"):
+        VolumeInputs(msd_dir=task).sources()
+
+    nnunet_style = VolumeInputs(image_dir=task / "imagesTr", label_dir=task / "labelsTr", label_names=["PZ", "TZ"],
+                                channel=0).sources()
+    t2 = nnunet_style[0].load()
+    assert t2.case_id == "prostate_00" and t2.source_label.endswith("labelsTr/prostate_00.nii.gz")
+    np.testing.assert_array_equal(t2.label_map(ExportLabels(("PZ", "TZ"), "t")), labels)
