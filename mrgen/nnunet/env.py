@@ -7,10 +7,10 @@ name is not there, imports every module of each folder listed (``os.pathsep``-se
 ``nnUNet_extTrainer`` as a top-level module until one defines the class. Our trainer folder is therefore
 ``mrgen/nnunet/trainers``, whose modules import nothing from ``mrgen``.
 
-Worker counts (feasibility 5.3): ``nnUNet_n_proc_DA=0`` selects the single-threaded augmenter (training and
-prediction only, see ``lean_environment``) and
-``nnUNet_def_n_proc=1`` keeps fingerprinting/export pools at one worker (each worker re-imports torch);
-the CLI flags below do the same for planning and prediction.
+Worker counts (feasibility 5.3): ``nnUNet_n_proc_DA=0`` selects the single-threaded augmenter (training
+and prediction only, see ``lean_environment``) and ``nnUNet_def_n_proc=1`` keeps fingerprinting and export
+pools at one worker (each worker re-imports torch); the CLI flags below do the same for planning and
+prediction.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ SHORT_TRAINER = "nnUNetTrainer_MRGenShort"
 
 PLAN_FLAGS = ("-np", "1", "-npfp", "1")
 PREDICT_FLAGS = ("-npp", "1", "-nps", "1")
-TRAIN_FLAGS = ("-device", "cpu")
+CPU_FLAGS = ("-device", "cpu")
 
 Step = Literal["plan", "train", "predict"]
 STEPS = ("plan", "train", "predict")
@@ -89,7 +89,7 @@ def plan_command(dataset_id: int, configuration: str = "2d") -> list[str]:
 
 def train_command(dataset_id: int, fold: str = "all", configuration: str = "2d",
                   trainer: str = SHORT_TRAINER) -> list[str]:
-    return ["nnUNetv2_train", str(dataset_id), configuration, fold, "-tr", trainer, *TRAIN_FLAGS]
+    return ["nnUNetv2_train", str(dataset_id), configuration, fold, "-tr", trainer, *CPU_FLAGS]
 
 
 def predict_command(input_dir: Path, output_dir: Path, dataset_id: int, fold: str = "all",
@@ -97,7 +97,7 @@ def predict_command(input_dir: Path, output_dir: Path, dataset_id: int, fold: st
                     checkpoint: str = "checkpoint_final.pth") -> list[str]:
     return ["nnUNetv2_predict", "-i", str(input_dir), "-o", str(output_dir), "-d", str(dataset_id),
             "-c", configuration, "-f", fold, "-tr", trainer, "-chk", checkpoint, "--disable_tta",
-            *PREDICT_FLAGS, *TRAIN_FLAGS]
+            *PREDICT_FLAGS, *CPU_FLAGS]
 
 
 def raw_root(out: str | os.PathLike | None) -> Path:
