@@ -82,12 +82,8 @@ class DiffusionTrainSection(TrainSection):
     timestep_sampling: Literal["uniform", "cubic"] = "uniform"  # cubic: t = (1 - u^3) T, more high-noise steps
     cache_latents: bool = False  # encode each image once (posterior mean and std), sample from it every step
     latent_cache_dir: str | None = None  # default: <output_dir>/latent_cache
-
-
-@dataclass
-class ControlNetTrainSection(DiffusionTrainSection):
-    # null (the original): the UNet stays frozen. A number: the UNet is trained together with the ControlNet at
-    # this learning rate (its own AdamW group, same schedule), saved in checkpoints and exported as pipeline/unet
+    # ControlNet stage only. null (the original): the UNet stays frozen. A number: the UNet is trained together with
+    # the ControlNet at this learning rate (its own AdamW group, same schedule, in the EMA), checkpointed, exported
     unet_learning_rate: float | None = None
 
 
@@ -162,7 +158,7 @@ class UNetConfig(StageConfig):
 class ControlNetConfig(StageConfig):
     model: DiffusionModelSection = field(default_factory=DiffusionModelSection)
     data: PairConfig | None = None  # required: the source/target pair
-    train: ControlNetTrainSection = field(default_factory=ControlNetTrainSection)
+    train: DiffusionTrainSection = field(default_factory=DiffusionTrainSection)
     validation: ValidationSection = field(default_factory=lambda: ValidationSection(guidance_scale=6.0))
 
 

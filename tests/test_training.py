@@ -147,6 +147,20 @@ def test_condition_embedding_init_default_lets_the_mask_in_from_step_0(toy_data,
     assert DiffusionModelSection().condition_embedding_init == "zero"  # the original stays the default
 
 
+def test_unet_learning_rate_trains_the_unet_beside_the_controlnet(toy_data, unet_pipeline: Path,
+                                                                    tmp_path: Path) -> None:
+    config = ControlNetConfig(name="toy_cn_joint", output_dir=str(tmp_path), seed=0, data=toy_pair(toy_data),
+                              model=DiffusionModelSection(config_path=TINY, pretrained_model_path=str(unet_pipeline)),
+                              train=diffusion_train(use_ema=True, unet_learning_rate=1e-4),
+                              validation=VALIDATION)
+    pipeline = train_controlnet(config)
+    weights = "diffusion_pytorch_model.safetensors"
+    before, after = load_file(unet_pipeline / "unet" / weights), load_file(pipeline / "unet" / weights)
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the UNet was trained, and exported
+    assert (tmp_path / "checkpoints" / "checkpoint-2" / "unet" / weights).is_file()  # and checkpointed
+    assert DiffusionTrainSection().unet_learning_rate is None  # frozen by default, as the original
+
+
 def _tensors_close(a, b, what: str) -> None:
     if isinstance(a, torch.Tensor):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=what)

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from diffusers import ControlNetModel
+from diffusers import ControlNetModel, UNet2DConditionModel
 
 from mrgen.config import ControlNetConfig
 from mrgen.data.datasets import PairConfig, PairDataset
@@ -48,6 +48,29 @@ def text_encoder_of(pretrained: Path, kind: str, path: str | None) -> TextEncode
     return TextEncoderSpec(kind, Path(path) if path else recorded.path)
 
 
+def controlled_prediction(controlnet: torch.nn.Module, unet: UNet2DConditionModel, noisy: torch.Tensor,
+                          timesteps: torch.Tensor, context: torch.Tensor, condition: torch.Tensor,
+                          dtype: torch.dtype) -> torch.Tensor:
+    """The UNet's noise prediction with the ControlNet's residuals added (the UNet runs in ``dtype``)."""
+    down, mid = controlnet(noisy, timesteps, encoder_hidden_states=context, controlnet_cond=condition,
+                           return_dict=False)
+    return unet(noisy.to(dtype), timesteps, encoder_hidden_states=context,
+                down_block_additional_residuals=[d.to(dtype) for d in down],
+                mid_block_additional_residual=mid.to(dtype)).sample
+
+
+class ControlledUNet(torch.nn.Module):
+    """ControlNet and UNet as one trainable module (``train.unet_learning_rate`` set)."""
+
+    def __init__(self, controlnet: ControlNetModel, unet: UNet2DConditionModel):
+        super().__init__()
+        self.controlnet, self.unet = controlnet, unet
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                condition: torch.Tensor) -> torch.Tensor:
+        return controlled_prediction(self.controlnet, self.unet, noisy, timesteps, context, condition, noisy.dtype)
+
+
 class ControlNetStage:
     name = CONTROLNET
 
@@ -67,7 +90,13 @@ class ControlNetStage:
         unet = load_pretrained(self.pretrained, UNET)
         self.trained_model: ControlNetModel = self._make_controlnet(unet, dataset.condition_channels)
         self.module = self.trained_model
-        self.unet = freeze(unet, accelerator.device, self.dtype)
+        self.companions = {}
+        if train.unet_learning_rate is None:
+            self.unet = freeze(unet, accelerator.device, self.dtype)
+        else:  # trained beside the ControlNet (a deviation): one prepared module holds both
+            self.unet, self.dtype = unet.to(accelerator.device), torch.float32
+            self.module = ControlledUNet(self.trained_model, self.unet)
+            self.companions = {UNET: (self.unet, train.unet_learning_rate)}
         for network in (self.unet, self.trained_model):
             set_attention(network, model.attention)
         self.scheduler_root = scheduler_root(self.pretrained, model.config_path)
@@ -102,11 +131,10 @@ class ControlNetStage:
     def loss(self, module: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         noisy, timesteps, noise, context = self.noiser(batch)
         condition = batch["condition"].to(noisy.device)
-        down, mid = module(noisy, timesteps, encoder_hidden_states=context, controlnet_cond=condition,
-                           return_dict=False)
-        prediction = self.unet(noisy.to(self.dtype), timesteps, encoder_hidden_states=context,
-                               down_block_additional_residuals=[d.to(self.dtype) for d in down],
-                               mid_block_additional_residual=mid.to(self.dtype)).sample
+        if self.companions:
+            prediction = module(noisy, timesteps, context, condition)
+        else:
+            prediction = controlled_prediction(module, self.unet, noisy, timesteps, context, condition, self.dtype)
         return F.mse_loss(prediction.float(), noise.float())
 
     def _samples(self, model: ControlNetModel, prompts: list[str], control: torch.Tensor) -> torch.Tensor:
@@ -138,7 +166,9 @@ class ControlNetStage:
 
     def export(self, model: ControlNetModel, folder: Path) -> None:
         model.save_pretrained(folder / CONTROLNET)
-        export_frozen(self.pretrained, folder, (VAE, UNET))
+        if self.companions:
+            self.unet.save_pretrained(folder / UNET)
+        export_frozen(self.pretrained, folder, (VAE,) if self.companions else (VAE, UNET))
         export_frozen(self.scheduler_root, folder, (SCHEDULER,))
         write_text_encoder(folder, self.text_spec)
         atomic_write_json(folder / PAIR_FILE, dataclasses.asdict(self.pair))
