@@ -1,9 +1,6 @@
-"""Mask-conditioned sampling: VAE + UNet + ControlNet + a scheduler, classifier-free guidance batched.
-
-The conditional and unconditional branches run in one forward pass (the batch is doubled); the
-ControlNet sees the same mask in both halves, as in the original (guess mode off). Every candidate's
-initial noise comes from its own seed (``mrgen.synthesis.seeds``), so any single sample can be
-regenerated exactly from its recorded seed.
+"""Mask-conditioned sampling for synthesis: the shared denoising loop (``mrgen.models.sampling``) with
+per-candidate seeds (``mrgen.synthesis.seeds``), so any single sample can be regenerated exactly from its
+recorded seed, and a count of the UNet evaluations spent.
 """
 
 from __future__ import annotations
@@ -14,6 +11,7 @@ from typing import Any, Callable, Protocol
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
+from mrgen.models.sampling import denoise, forward_passes
 from mrgen.synthesis.seeds import initial_noise
 
 SCHEDULERS: dict[str, Callable[[dict[str, Any]], Any]] = {
@@ -50,15 +48,6 @@ class ControlNetSampler:
     unet_evaluations: int = 0
     _contexts: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
-    @property
-    def uses_guidance(self) -> bool:
-        return self.guidance_scale > 1.0
-
-    @property
-    def evaluations_per_sample(self) -> int:
-        """UNet (+ ControlNet) forward passes one candidate costs."""
-        return self.steps * (2 if self.uses_guidance else 1)
-
     def _context(self, prompt: str) -> torch.Tensor:
         if prompt not in self._contexts:
             with torch.no_grad():
@@ -74,27 +63,11 @@ class ControlNetSampler:
     @torch.no_grad()
     def generate(self, condition: torch.Tensor, prompt: str, seeds: list[int]) -> torch.Tensor:
         """``condition`` (C, S, S) in [-1, 1] -> images (len(seeds), 1, S, S) in [-1, 1], on the CPU."""
-        size = condition.shape[-1]
         batch = len(seeds)
-        latents = initial_noise(seeds, self.latent_shape(size)).to(self.device, self.dtype)
-        self.scheduler.set_timesteps(self.steps, device=self.device)
-        latents = latents * self.scheduler.init_noise_sigma
+        latents = initial_noise(seeds, self.latent_shape(condition.shape[-1])).to(self.device, self.dtype)
         control = condition.to(self.device, self.dtype)[None].expand(batch, -1, -1, -1)
-        context = self._context(prompt).expand(batch, -1, -1)
-        if self.uses_guidance:
-            context = torch.cat([self._context("").expand(batch, -1, -1), context])
-            control = torch.cat([control, control])
-        for t in self.scheduler.timesteps:
-            model_input = torch.cat([latents, latents]) if self.uses_guidance else latents
-            model_input = self.scheduler.scale_model_input(model_input, t)
-            down, mid = self.controlnet(model_input, t, encoder_hidden_states=context, controlnet_cond=control,
-                                        conditioning_scale=self.controlnet_scale, return_dict=False)
-            noise = self.unet(model_input, t, encoder_hidden_states=context, down_block_additional_residuals=down,
-                              mid_block_additional_residual=mid, return_dict=False)[0]
-            self.unet_evaluations += model_input.shape[0]
-            if self.uses_guidance:
-                unconditional, conditional = noise.chunk(2)
-                noise = unconditional + self.guidance_scale * (conditional - unconditional)
-            latents = self.scheduler.step(noise, t, latents, return_dict=False)[0]
-        images = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
-        return images.float().clamp(-1, 1).cpu()
+        images = denoise(self.unet, self.vae, self.scheduler, latents, self._context(prompt).expand(batch, -1, -1),
+                         self._context(""), self.steps, self.guidance_scale, self.controlnet, control,
+                         self.controlnet_scale)
+        self.unet_evaluations += forward_passes(batch, self.steps, self.guidance_scale)
+        return images

@@ -16,6 +16,7 @@ from mrgen.config import DiffusionModelSection, DiffusionTrainSection
 from mrgen.data.prompts import EMPTY_PROMPT
 from mrgen.models.builders import SCHEDULER, ModelFolderError, component_dir
 from mrgen.models.pipeline_folder import TextEncoderSpec
+from mrgen.models.sampling import denoise
 from mrgen.models.text_encoders import PromptEmbeddings
 from mrgen.training.latent_cache import CachedLatentDataset, LatentCache
 
@@ -142,7 +143,6 @@ def training_dataset(dataset, vae: AutoencoderKL, train: DiffusionTrainSection, 
     return CachedLatentDataset(dataset, cache)
 
 
-@torch.no_grad()
 def generate(
     unet: UNet2DConditionModel,
     vae: AutoencoderKL,
@@ -162,27 +162,7 @@ def generate(
     The noise comes from its own seeded generator, so figures at different steps are comparable and the
     training RNG is untouched.
     """
-    batch, device = context.shape[0], context.device
-    generator = torch.Generator().manual_seed(seed)
-    shape = (batch, unet.config.in_channels, latent_size, latent_size)
-    latents = torch.randn(shape, generator=generator).to(device)
-    latents = latents * scheduler.init_noise_sigma
-    guided = guidance_scale > 1.0
-    embeddings = torch.cat([null_context.expand_as(context), context]) if guided else context
-    if control is not None:
-        control = torch.cat([control, control]) if guided else control
-    scheduler.set_timesteps(num_inference_steps, device=device)
-    for t in scheduler.timesteps:
-        model_input = torch.cat([latents, latents]) if guided else latents
-        extra: dict[str, Any] = {}
-        if controlnet is not None:
-            down, mid = controlnet(model_input, t, encoder_hidden_states=embeddings, controlnet_cond=control,
-                                   conditioning_scale=conditioning_scale, return_dict=False)
-            extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-        noise = unet(model_input, t, encoder_hidden_states=embeddings, **extra).sample
-        if guided:
-            unconditional, conditional = noise.chunk(2)
-            noise = unconditional + guidance_scale * (conditional - unconditional)
-        latents = scheduler.step(noise, t, latents).prev_sample
-    images = vae.decode(latents / vae.config.scaling_factor).sample
-    return images.float().clamp(-1.0, 1.0).cpu()
+    shape = (context.shape[0], unet.config.in_channels, latent_size, latent_size)
+    latents = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(context.device)
+    return denoise(unet, vae, scheduler, latents, context, null_context, num_inference_steps, guidance_scale,
+                   controlnet, control, conditioning_scale)
