@@ -14,13 +14,19 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+import shutil  # noqa: E402
+
 from mrgen.data.index import IndexEntry, save_index  # noqa: E402
+from mrgen.data.phantom import generate_phantom_dataset  # noqa: E402
 from mrgen.data.modalities import load_registry  # noqa: E402
 from mrgen.io.images import write_gray  # noqa: E402
+from mrgen.models.builders import UNET, VAE, build_from_config, controlnet_from_unet  # noqa: E402
+from mrgen.models.pipeline_folder import TextEncoderSpec, write_text_encoder  # noqa: E402
 
 torch.set_num_threads(2)
 
 ORGANS = ["liver", "right kidney", "left kidney", "spleen"]
+TINY = Path(__file__).resolve().parents[1] / "ckpt" / "tiny"
 
 
 def make_toy_index(root: Path, name: str, modality: str, patients: int = 3, slices: int = 2,
@@ -62,3 +68,25 @@ def toy_pair(tmp_path: Path) -> tuple[Path, Path, Path]:
     source = make_toy_index(tmp_path, "src", "T1 in-phase Abdomen MRI", seed=1)
     target = make_toy_index(tmp_path, "tgt", "T2 SPIR Abdomen MRI", seed=2)
     return tmp_path, source, target
+
+
+@pytest.fixture(scope="session")
+def phantom(tmp_path_factory) -> Path:
+    """A small simulated dataset: 2 cases per modality, 64 px, 8 slices."""
+    root = tmp_path_factory.mktemp("phantom")
+    generate_phantom_dataset(root, cases=2, seed=0, size=64, slices=8)
+    return root
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory) -> Path:
+    """A pipeline folder of tiny random-weight models (code paths, not quality)."""
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("pipeline")
+    unet = build_from_config(TINY, UNET)
+    build_from_config(TINY, VAE).save_pretrained(folder / "vae")
+    unet.save_pretrained(folder / "unet")
+    controlnet_from_unet(unet, 1, (16, 32, 96)).save_pretrained(folder / "controlnet")
+    shutil.copytree(TINY / "scheduler", folder / "scheduler")
+    write_text_encoder(folder, TextEncoderSpec("minilm"))
+    return folder

@@ -161,3 +161,18 @@ def test_clip_errors_name_the_missing_file(tmp_path):
     (tmp_path / "hf" / "open_clip_model.bin").write_bytes(b"")
     with pytest.raises(ClipModelMissing, match="'org/not-cached' needs its config.json offline"):
         load_clip(tmp_path / "hf")
+
+
+def test_text_to_image_generation_for_test_prompts(phantom, pipeline, tmp_path):
+    from mrgen.evaluation.generation import generate_test_images
+
+    out = tmp_path / "fid"
+    summary = generate_test_images(pipeline, [phantom / "image_text_test.json"], out, steps=2, max_images=3, batch_size=2)
+    generated = sorted((out / "generated").glob("*.png"))
+    assert summary["images"] == 3 and len(generated) == 3 and len(list((out / "real").glob("*.png"))) == 3
+    records = json.loads((out / "generated.json").read_text())
+    assert records[0]["prompt"].startswith(("T1 in-phase Abdomen MRI, ", "T1 out-of-phase Abdomen MRI, ", "T2 SPIR Abdomen MRI, "))
+    assert ", Upper Abdominal Region" in records[0]["prompt"] and Path(records[0]["original_path"]).is_file()
+    before = [p.stat().st_mtime_ns for p in generated]
+    generate_test_images(pipeline, [phantom / "image_text_test.json"], out, steps=2, max_images=3, batch_size=2)
+    assert [p.stat().st_mtime_ns for p in generated] == before  # finished samples are not redone

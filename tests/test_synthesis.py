@@ -3,25 +3,19 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from mrgen.data.index import load_index
-from mrgen.data.phantom import generate_phantom_dataset
 from mrgen.data.preprocess import preprocess_image, preprocess_mask
 from mrgen.filtering.offline import OfflineFilter
 from mrgen.io.images import read_gray
-from mrgen.models.builders import CONTROLNET, UNET, VAE, build_from_config, controlnet_from_unet
-from mrgen.models.pipeline_folder import TextEncoderSpec, write_text_encoder
 from mrgen.synthesis import manifest
 from mrgen.synthesis.run import SynthesisOptions, synthesize
 from mrgen.synthesis.seeds import candidate_seed
 
-TINY = Path(__file__).resolve().parents[1] / "ckpt" / "tiny"
 PAIR_YAML = """
 data:
   name: phantom_T1_to_T2-SPIR
@@ -33,26 +27,6 @@ data:
   organs: [liver, right kidney, left kidney, spleen]
   organ_weights: [0.3, 0.5, 0.4, 0.6]
 """
-
-
-@pytest.fixture(scope="module")
-def phantom(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("phantom")
-    generate_phantom_dataset(root, cases=2, seed=0, size=64, slices=8)
-    return root
-
-
-@pytest.fixture(scope="module")
-def pipeline(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("pipeline")
-    unet = build_from_config(TINY, UNET)
-    build_from_config(TINY, VAE).save_pretrained(folder / "vae")
-    unet.save_pretrained(folder / "unet")
-    controlnet_from_unet(unet, 1, (16, 32, 96)).save_pretrained(folder / "controlnet")
-    shutil.copytree(TINY / "scheduler", folder / "scheduler")
-    write_text_encoder(folder, TextEncoderSpec("minilm"))
-    return folder
 
 
 @pytest.fixture
