@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 
-.PHONY: demo test install clean-demo
+.PHONY: demo demo-full test install clean-demo
 
 $(STAMP): requirements.txt requirements-sam2.txt requirements-dev.txt constraints.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py --out $(DEMO_OUT)
+
+# the whole chain, training every model from scratch instead of using the model zoo
+demo-full: $(STAMP)
+	$(PY) scripts/run_pipeline.py --config training_configs/demo/pipeline.yml models.train=true out=$(DEMO_OUT)_full
 
 clean-demo:
 	rm -rf $(DEMO_OUT)

@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> SynthesisOptions:
     p.add_argument("--num_parts", type=int, default=1, help="split the masks into this many parts (cluster jobs)")
     p.add_argument("--part_id", type=int, default=0, help="which part this job runs")
     p.add_argument("--refilter", action="store_true", help="only re-run the selection (new thresholds) on an existing run")
-    p.add_argument("--max_masks", type=int, default=None, help="use only the first N masks (quick looks)")
+    p.add_argument("--max_masks", type=int, default=None, help="use N masks spread evenly over the list (quick looks)")
     p.add_argument("--size", type=int, default=None, help="image size; default: the VAE's sample_size")
     p.add_argument("--half", action=argparse.BooleanOptionalAction, default=None, help="fp16 models (default: on with CUDA)")
     return SynthesisOptions(**vars(p.parse_args(argv)))

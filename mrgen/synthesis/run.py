@@ -78,7 +78,7 @@ class SynthesisOptions:
     num_parts: int = 1
     part_id: int = 0
     refilter: bool = False
-    max_masks: int | None = None
+    max_masks: int | None = None  # that many masks, spread evenly over the inference list
     size: int | None = None
     half: bool | None = None
 
@@ -398,8 +398,10 @@ def make_sampler(options: SynthesisOptions, device: torch.device) -> ControlNetS
 
 
 def my_masks(options: SynthesisOptions, count: int, part: int, parts: int) -> list[int]:
-    limit = count if options.max_masks is None else min(count, options.max_masks)
-    return [i for i in range(limit) if i % parts == part]
+    """This part's mask indices; ``max_masks`` picks that many spread evenly over the whole list."""
+    chosen = range(count) if options.max_masks is None else \
+        sorted({int(i) for i in np.linspace(0, count - 1, min(count, options.max_masks)).round()})
+    return [i for i in chosen if i % parts == part]
 
 
 def _work(rank: int, options: SynthesisOptions, processes: int) -> None:

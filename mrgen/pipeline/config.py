@@ -1,0 +1,70 @@
+"""The end-to-end run's config (``training_configs/demo/pipeline.yml``), read like every other config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DatasetSection:
+    cases: int = 8
+    size: int = 64
+    slices: int = 24
+    seed: int = 0
+
+
+@dataclass
+class ModelsSection:
+    """Start from the model zoo (``train: false``) or train every model from scratch (``train: true``).
+
+    ``pair_config`` is the ControlNet pair config; its ``data_root`` is pointed at this run's dataset.
+    The ``*_overrides`` are ``key=value`` overrides for the three training configs when training.
+    """
+
+    train: bool = False
+    zoo: str = "zoo/phantom"
+    controlnet: str = "zoo/phantom/controlnet_T1-InPhase_to_T2-SPIR"
+    pair_config: str = "training_configs/controlnet/phantom_T1_to_T2-SPIR.yml"
+    vae_config: str = "training_configs/demo/train_vae_phantom.yml"
+    unet_config: str = "training_configs/demo/train_unet_phantom.yml"
+    vae_overrides: list[str] = field(default_factory=list)
+    unet_overrides: list[str] = field(default_factory=list)
+    controlnet_overrides: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SynthesisSection:
+    max_masks: int = 32
+    max_tries_per_mask: int = 4
+    num_images_per_prompt: int = 4
+    sample_per_mask: int = 2
+    scheduler: str = "dpm-solver++"
+    steps: int = 20
+    guidance_scale: float = 6.0
+    controlnet_scale: float = 1.0
+    filter: str = "offline"
+    early_stop: bool = True
+    iou_threshold: float = 0.70
+    confidence_threshold: float = 0.80
+    avg_iou_threshold: float = 0.80
+    avg_confidence_threshold: float = 0.90
+
+
+@dataclass
+class SegmentationSection:
+    epochs: int = 10
+    iterations: int = 25
+    val_iterations: int = 5
+    dataset_id: int = 601
+
+
+@dataclass
+class PipelineConfig:
+    out: str = "demo_output"
+    seed: int = 0
+    source: str = "T1-InPhase"
+    target: str = "T2-SPIR"
+    dataset: DatasetSection = field(default_factory=DatasetSection)
+    models: ModelsSection = field(default_factory=ModelsSection)
+    synthesis: SynthesisSection = field(default_factory=SynthesisSection)
+    segmentation: SegmentationSection = field(default_factory=SegmentationSection)

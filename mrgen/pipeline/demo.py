@@ -1,0 +1,141 @@
+"""The whole chain on the simulated dataset, stage by stage, ending in ``report.md``.
+
+dataset -> (train VAE, UNet, ControlNet, or take the model zoo) -> synthesis with filtering ->
+mask-following -> nnU-Net dataset -> short nnU-Net training -> 3D evaluation on real target volumes ->
+report. Every stage writes plain files under ``out``; a finished stage is not redone, a killed one resumes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+
+from mrgen.config import ControlNetConfig, UNetConfig, VAEConfig, dump_yaml, load_config
+from mrgen.data.modalities import modality_key
+from mrgen.data.phantom import DEFAULT_MODALITIES, generate_phantom_dataset
+from mrgen.filtering.mask_following import MaskFollowing, mask_following
+from mrgen.io.atomic import atomic_write_text
+from mrgen.io.images import read_gray
+from mrgen.pipeline.config import PipelineConfig
+from mrgen.pipeline.report import write_report
+from mrgen.pipeline.segmentation import NnUNetSettings, NnUNetWork
+from mrgen.pipeline.stages import StageRunner
+from mrgen.synthesis import manifest
+from mrgen.synthesis.run import SynthesisOptions, synthesize
+
+log = logging.getLogger(__name__)
+
+
+def stage_names(config: PipelineConfig) -> list[str]:
+    training = ["train_vae", "train_unet", "train_controlnet"] if config.models.train else []
+    return ["dataset", *training, "synthesis", "mask_following", "nnunet_data", "nnunet_train", "evaluation"]
+
+
+def pair_config_for(config: PipelineConfig, out: Path, data: Path) -> Path:
+    """The pair config with its data pointed at this run's dataset (a two-line file inheriting the original)."""
+    path = out / "pair.yml"
+    atomic_write_text(path, f"base: {Path(config.models.pair_config).resolve()}\ndata:\n  data_root: {data.resolve()}\n")
+    return path
+
+
+def train_models(config: PipelineConfig, runner: StageRunner, out: Path, data: Path, pair: Path) -> tuple[Path, Path]:
+    from mrgen.training import train_controlnet, train_unet, train_vae
+
+    m = config.models
+    common = [f"seed={config.seed}", f"data.index_paths=[{data / 'image_text_train.json'}]",
+              f"data.test_index_paths=[{data / 'image_text_test.json'}]"]
+    folders = {name: out / "train" / name / "pipeline" for name in ("vae", "unet", "controlnet")}
+    runner.run("train_vae", lambda: {"pipeline": str(train_vae(load_config(
+        m.vae_config, VAEConfig, [*common, f"output_dir={out / 'train' / 'vae'}", *m.vae_overrides]), resume="latest"))})
+    runner.run("train_unet", lambda: {"pipeline": str(train_unet(load_config(
+        m.unet_config, UNetConfig, [*common, f"output_dir={out / 'train' / 'unet'}",
+                                    f"model.pretrained_model_path={folders['vae']}", *m.unet_overrides]), resume="latest"))})
+    runner.run("train_controlnet", lambda: {"pipeline": str(train_controlnet(load_config(
+        pair, ControlNetConfig, [f"seed={config.seed}", f"output_dir={out / 'train' / 'controlnet'}",
+                                 f"model.pretrained_model_path={folders['unet']}", *m.controlnet_overrides]),
+        resume="latest"))})
+    return folders["controlnet"], folders["controlnet"]
+
+
+def zoo_models(config: PipelineConfig) -> tuple[Path, Path]:
+    zoo, controlnet = Path(config.models.zoo), Path(config.models.controlnet)
+    for folder in (zoo / "vae", zoo / "unet", controlnet):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"model zoo folder {folder} is missing: train the zoo (zoo/phantom/README.md) "
+                                    f"or run the chain from scratch with models.train=true (make demo-full)")
+    return zoo, controlnet
+
+
+def synthesis_options(config: PipelineConfig, ckpt: Path, controlnet: Path, pair: Path, log_dir: Path) -> SynthesisOptions:
+    s = config.synthesis
+    return SynthesisOptions(
+        ckpt=str(ckpt), controlnet=str(controlnet), config=str(pair), log_dir=str(log_dir),
+        modality=modality_key(config.target), max_masks=s.max_masks, max_tries_per_mask=s.max_tries_per_mask,
+        num_images_per_prompt=s.num_images_per_prompt, sample_per_mask=s.sample_per_mask, scheduler=s.scheduler,
+        steps=s.steps, guidance_scale=s.guidance_scale, controlnet_scale=s.controlnet_scale, filter=s.filter,
+        early_stop=s.early_stop, iou_threshold=s.iou_threshold, confidence_threshold=s.confidence_threshold,
+        avg_iou_threshold=s.avg_iou_threshold, avg_confidence_threshold=s.avg_confidence_threshold,
+        seed=config.seed, num_gpus=1,
+    )
+
+
+def measure_mask_following(synthesis_dir: Path, organs: list[str], seed: int) -> dict[str, Any]:
+    """Own-mask vs shuffled-mask agreement of every candidate, and of the accepted ones."""
+    records = manifest.read(synthesis_dir / "manifest.jsonl")
+
+    def score(subset: list[dict[str, Any]]) -> MaskFollowing | None:
+        if len(subset) < 2:
+            return None
+        images = [read_gray(r["image_path"]) for r in subset]
+        masks = [[read_gray(p) > 127 for p in r["mask_paths"]] for r in subset]
+        return mask_following(images, masks, organs, seed)
+
+    result = {}
+    for name, subset in (("all candidates", records), ("accepted", [r for r in records if r["accepted"]])):
+        following = score(subset)
+        result[name] = None if following is None else {"table": following.table(), **following.as_dict()}
+    return result
+
+
+def run_pipeline(config: PipelineConfig) -> Path:
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "pipeline.yml", dump_yaml(config))
+    started = time.perf_counter()
+    runner = StageRunner(out, stage_names(config))
+    data = out / "phantom"
+    runner.run("dataset", lambda: _dataset(config, data))
+    pair = pair_config_for(config, out, data)
+    ckpt, controlnet = train_models(config, runner, out, data, pair) if config.models.train else zoo_models(config)
+    synthesis_dir = out / "synthesis"
+    runner.run("synthesis", lambda: synthesize(synthesis_options(config, ckpt, controlnet, pair, synthesis_dir)))
+    organs = load_config(pair, ControlNetConfig).data.organs
+    runner.run("mask_following", lambda: measure_mask_following(synthesis_dir, organs, config.seed))
+
+    seg = config.segmentation
+    work = NnUNetWork(out / "nnunet", NnUNetSettings(seg.epochs, seg.iterations, seg.val_iterations, config.seed))
+    train_id, test_id = seg.dataset_id, seg.dataset_id + 1
+    filtered = next((synthesis_dir / "json_files").glob("*_filtered.json"))
+    runner.run("nnunet_data", lambda: {
+        "train": str(work.export_synthetic([filtered], train_id, "MRGenSynthetic")),
+        "test": str(work.export_real([data / f"volumes_{config.target}_test.jsonl"], "test", test_id,
+                                     f"Real{config.target.replace('-', '')}", config.dataset.size)),
+    })
+    runner.run("nnunet_train", lambda: work.train(train_id, "MRGenSynthetic"))
+    test_dataset = Path(runner.results["nnunet_data"]["test"])
+    runner.run("evaluation", lambda: work.predict_and_evaluate(train_id, "MRGenSynthetic", test_dataset, out / "evaluation"))
+    report = write_report(out, config, runner.results, time.perf_counter() - started)
+    log.info("report: %s", report)
+    return report
+
+
+def _dataset(config: PipelineConfig, data: Path) -> dict[str, Any]:
+    d = config.dataset
+    generate_phantom_dataset(data, cases=d.cases, seed=d.seed, size=d.size, slices=d.slices,
+                             modalities=sorted({*DEFAULT_MODALITIES, config.source, config.target}))
+    return {"folder": str(data), "cases_per_modality": d.cases}
+
+

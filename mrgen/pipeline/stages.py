@@ -1,0 +1,55 @@
+"""Stage bookkeeping: a finished stage leaves ``stages/<name>.json`` and is not redone; one line per stage.
+
+A stage killed half way has no marker and runs again; every stage is written to resume or to redo
+its work idempotently (training resumes from its latest checkpoint, synthesis from its manifest,
+nnU-Net training with ``--c``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from mrgen.io.atomic import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+
+class StageRunner:
+    def __init__(self, out: Path, names: Sequence[str]):
+        self.folder = out / "stages"
+        self.names = list(names)
+        self.results: dict[str, dict[str, Any]] = {}
+
+    def run(self, name: str, work: Callable[[], Mapping[str, Any] | None]) -> dict[str, Any]:
+        marker = self.folder / f"{name}.json"
+        position = f"[{self.names.index(name) + 1}/{len(self.names)}] {name}"
+        if marker.is_file():
+            result = json.loads(marker.read_text())
+            log.info("%s: finished earlier (%.1f s), skipped", position, result["seconds"])
+        else:
+            log.info("%s: running", position)
+            started = time.perf_counter()
+            result = dict(work() or {})
+            result["seconds"] = time.perf_counter() - started
+            atomic_write_json(marker, result)
+            log.info("%s: done in %.1f s", position, result["seconds"])
+        self.results[name] = result
+        return result
+
+
+def run_command(command: Sequence[str], env: Mapping[str, str] | None = None, log_file: Path | None = None) -> None:
+    """Run a CLI step; on failure the error names the command and where its output is."""
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_file, "a") as sink:
+            completed = subprocess.run(list(command), env=None if env is None else dict(env), stdout=sink, stderr=subprocess.STDOUT)
+    else:
+        completed = subprocess.run(list(command), env=None if env is None else dict(env))
+    if completed.returncode != 0:
+        where = f"; its output is in {log_file}" if log_file is not None else ""
+        raise RuntimeError(f"command failed with exit code {completed.returncode}: {' '.join(command)}{where}")
