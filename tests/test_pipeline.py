@@ -45,3 +45,27 @@ def test_pipeline_runs_end_to_end_and_resumes(pipeline, tmp_path, monkeypatch):
     assert second["synthesis"]["candidates"] == first["synthesis"]["candidates"] > 0
     assert second["synthesis"]["accepted"] == first["synthesis"]["accepted"]
     assert second["evaluation"]["mean"] == first["evaluation"]["mean"]  # same seed, same numbers
+
+
+@pytest.mark.slow
+def test_benchmark_in_miniature_writes_a_full_table(pipeline, tmp_path, monkeypatch):
+    import shutil
+    from dataclasses import replace
+
+    from mrgen.pipeline.benchmark import BenchmarkConfig, run_benchmark, with_budget, with_zoo
+
+    monkeypatch.chdir(REPO)
+    zoo = tmp_path / "zoo"
+    for part in ("vae", "unet", "scheduler", "text_encoder.json"):
+        (shutil.copytree if (pipeline / part).is_dir() else shutil.copyfile)(pipeline / part, zoo / part)
+    for name in ("controlnet_T1-InPhase_to_T2-SPIR", "controlnet_T1-InPhase_to_T2-SPIR_no_target_images"):
+        shutil.copytree(pipeline / "controlnet", zoo / name)
+    config = with_zoo(with_budget(BenchmarkConfig(out=str(tmp_path / "bench")), "mini"), str(zoo))
+    config = replace(config, pairs=config.pairs[:1],
+                     synthesis=replace(config.synthesis, iou_threshold=0, confidence_threshold=0, avg_iou_threshold=0,
+                                       avg_confidence_threshold=0))
+    table = run_benchmark(config).read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| T1-InPhase -> T2-SPIR |"))
+    cells = [c.strip() for c in row.strip("|").split("|")[1:]]
+    assert len(cells) == 6 and all(c.replace(".", "").isdigit() for c in cells), row
+    assert (tmp_path / "bench" / "benchmark.png").is_file() and (tmp_path / "bench" / "benchmark.json").is_file()

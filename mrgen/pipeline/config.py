@@ -34,7 +34,7 @@ class ModelsSection:
 
 @dataclass
 class SynthesisSection:
-    max_masks: int = 32
+    max_masks: int | None = 32  # spread evenly over the source masks; null: all
     max_tries_per_mask: int = 4
     num_images_per_prompt: int = 4
     sample_per_mask: int = 2

@@ -19,7 +19,7 @@ from mrgen.data.phantom import DEFAULT_MODALITIES, generate_phantom_dataset
 from mrgen.filtering.mask_following import MaskFollowing, mask_following
 from mrgen.io.atomic import atomic_write_text
 from mrgen.io.images import read_gray
-from mrgen.pipeline.config import PipelineConfig
+from mrgen.pipeline.config import DatasetSection, PipelineConfig
 from mrgen.pipeline.report import write_report
 from mrgen.pipeline.segmentation import NnUNetSettings, NnUNetWork
 from mrgen.pipeline.stages import StageRunner
@@ -107,7 +107,7 @@ def run_pipeline(config: PipelineConfig) -> Path:
     started = time.perf_counter()
     runner = StageRunner(out, stage_names(config))
     data = out / "phantom"
-    runner.run("dataset", lambda: _dataset(config, data))
+    runner.run("dataset", lambda: make_dataset(config.dataset, [config.source, config.target], data))
     pair = pair_config_for(config, out, data)
     ckpt, controlnet = train_models(config, runner, out, data, pair) if config.models.train else zoo_models(config)
     synthesis_dir = out / "synthesis"
@@ -132,10 +132,10 @@ def run_pipeline(config: PipelineConfig) -> Path:
     return report
 
 
-def _dataset(config: PipelineConfig, data: Path) -> dict[str, Any]:
-    d = config.dataset
-    generate_phantom_dataset(data, cases=d.cases, seed=d.seed, size=d.size, slices=d.slices,
-                             modalities=sorted({*DEFAULT_MODALITIES, config.source, config.target}))
-    return {"folder": str(data), "cases_per_modality": d.cases}
+def make_dataset(section: DatasetSection, modalities: list[str], data: Path) -> dict[str, Any]:
+    """The simulated dataset with the default contrasts plus ``modalities`` (the pair configs name them all)."""
+    generate_phantom_dataset(data, cases=section.cases, seed=section.seed, size=section.size, slices=section.slices,
+                             modalities=sorted({*DEFAULT_MODALITIES, *modalities}))
+    return {"folder": str(data), "cases_per_modality": section.cases}
 
 

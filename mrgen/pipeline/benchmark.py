@@ -1,0 +1,249 @@
+"""The paper's Table 3 experiment on the simulated dataset: what should a target-modality segmenter be
+trained on when the target has no labels?
+
+For each pair (source -> target) nnU-Net 2D is trained on
+  (a) real source slices with their masks (D_s, the lower bound),
+  (b) the same with strong random intensity augmentation (a domain-randomisation baseline),
+  (c) MRGen: synthetic target slices from source masks, after the quality filter,
+  (d) (c) without the filter, and (c) from a ControlNet trained without target images (the ablation),
+  (e) real target slices with their masks (D_t, the upper bound),
+and evaluated in 3D on held-out real target volumes. Everything is a stage (resumable); the output is a
+markdown table shaped like the paper's, a JSON with every number and the config, and a bar chart.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from mrgen.config import dump_yaml, to_dict
+from mrgen.io.atomic import atomic_save, atomic_write_json, atomic_write_text
+from mrgen.pipeline.augment import augment_dataset
+from mrgen.pipeline.config import DatasetSection, ModelsSection, PipelineConfig, SegmentationSection, SynthesisSection
+from mrgen.pipeline.demo import make_dataset, pair_config_for, synthesis_options
+from mrgen.pipeline.segmentation import NnUNetSettings, NnUNetWork, organ_table
+from mrgen.pipeline.stages import StageRunner
+from mrgen.synthesis.run import synthesize
+
+log = logging.getLogger(__name__)
+
+CONDITIONS = {
+    "a": "D_s: real source",
+    "b": "D_s + intensity augmentation",
+    "c": "MRGen (filtered)",
+    "d_unfiltered": "MRGen without filter",
+    "d_no_target": "MRGen, ControlNet without D_t images",
+    "e": "D_t: real target (upper bound)",
+}
+
+
+@dataclass
+class PairSpec:
+    source: str
+    target: str
+    pair_config: str
+    controlnet: str
+    ablation_controlnet: str  # trained with data.use_target_images=false; "" if there is none
+
+    @property
+    def name(self) -> str:
+        return f"{self.source} -> {self.target}"
+
+
+@dataclass
+class BenchmarkConfig:
+    out: str = "runs/benchmark_downstream"
+    seed: int = 0
+    zoo: str = "zoo/phantom"
+    pairs: list[PairSpec] = field(default_factory=lambda: [
+        PairSpec("T1-InPhase", "T2-SPIR", "training_configs/controlnet/phantom_T1_to_T2-SPIR.yml",
+                 "zoo/phantom/controlnet_T1-InPhase_to_T2-SPIR", "zoo/phantom/controlnet_T1-InPhase_to_T2-SPIR_no_target_images"),
+        PairSpec("T2-SPIR", "T1-InPhase", "training_configs/controlnet/phantom_T2-SPIR_to_T1.yml",
+                 "zoo/phantom/controlnet_T2-SPIR_to_T1-InPhase", ""),
+    ])
+    dataset: DatasetSection = field(default_factory=lambda: DatasetSection(cases=12))
+    synthesis: SynthesisSection = field(default_factory=lambda: SynthesisSection(max_masks=96))
+    segmentation: SegmentationSection = field(default_factory=lambda: SegmentationSection(epochs=10, iterations=25))
+    augmentation_copies: int = 2
+
+
+BUDGETS = {
+    "mini": dict(dataset=DatasetSection(cases=4, slices=12), synthesis=SynthesisSection(max_masks=6, max_tries_per_mask=2,
+                 num_images_per_prompt=2, steps=3), segmentation=SegmentationSection(epochs=1, iterations=3, val_iterations=1)),
+    "default": {},
+    "full": dict(dataset=DatasetSection(cases=40, size=64), synthesis=SynthesisSection(max_masks=None, max_tries_per_mask=20,
+                 num_images_per_prompt=10, scheduler="ddim", steps=50, guidance_scale=7.0, early_stop=False),
+                 segmentation=SegmentationSection(epochs=100, iterations=250, val_iterations=50)),
+}
+
+
+def with_budget(config: BenchmarkConfig, budget: str) -> BenchmarkConfig:
+    if budget not in BUDGETS:
+        raise ValueError(f"budget must be one of {sorted(BUDGETS)}, got {budget!r}")
+    return replace(config, **BUDGETS[budget])
+
+
+def with_zoo(config: BenchmarkConfig, zoo: str) -> BenchmarkConfig:
+    """The same pairs with their ControlNets looked up by folder name in another zoo."""
+    def moved(path: str) -> str:
+        return str(Path(zoo) / Path(path).name) if path else ""
+
+    pairs = [replace(p, controlnet=moved(p.controlnet), ablation_controlnet=moved(p.ablation_controlnet)) for p in config.pairs]
+    return replace(config, zoo=zoo, pairs=pairs)
+
+
+class PairBenchmark:
+    """The six trainings of one pair, sharing one dataset folder, one nnU-Net tree and one test set."""
+
+    def __init__(self, config: BenchmarkConfig, pair: PairSpec, index: int, data: Path, runner: StageRunner):
+        self.config, self.pair, self.data, self.runner = config, pair, data, runner
+        self.out = Path(config.out) / f"pair{index}_{pair.source}_to_{pair.target}"
+        seg = config.segmentation
+        self.work = NnUNetWork(self.out / "nnunet", NnUNetSettings(seg.epochs, seg.iterations, seg.val_iterations, config.seed))
+        self.base_id = seg.dataset_id + 10 * index
+        self.prefix = f"pair{index}"
+
+    def stage(self, name: str) -> str:
+        return f"{self.prefix}_{name}"
+
+    def run(self) -> dict[str, Any]:
+        test = self.runner.run(self.stage("test_set"), lambda: {"dataset": str(self.work.export_real(
+            [self.data / f"volumes_{self.pair.target}_test.jsonl"], "test", self.base_id, "TargetTest", self.config.dataset.size))})
+        test_dataset = Path(test["dataset"])
+        results = {}
+        for key, make in self.training_sets().items():
+            if make is None:
+                results[key] = None
+                continue
+            dataset_id = self.base_id + 1 + list(CONDITIONS).index(key)
+            name = f"Train_{key}"
+
+            def train_and_evaluate(make=make, dataset_id=dataset_id, name=name) -> dict[str, Any]:
+                extra = make(dataset_id, name)
+                self.work.train(dataset_id, name)
+                summary = self.work.predict_and_evaluate(dataset_id, name, test_dataset, self.out / name)
+                return {**summary, **extra}
+
+            results[key] = self.runner.run(self.stage(key), train_and_evaluate)
+        return results
+
+    def training_sets(self) -> dict[str, Any]:
+        source_train = [self.data / f"volumes_{self.pair.source}_train.jsonl"]
+        target_train = [self.data / f"volumes_{self.pair.target}_train.jsonl"]
+        size = self.config.dataset.size
+        no_target = self.pair.ablation_controlnet and Path(self.pair.ablation_controlnet).is_dir()
+        return {
+            "a": lambda i, n: {"dataset": str(self.work.export_real(source_train, "train", i, n, size))},
+            "b": lambda i, n: self.augmented(source_train, i, n),
+            "c": lambda i, n: self.synthetic("main", "filtered", i, n),
+            "d_unfiltered": lambda i, n: self.synthetic("main", "all", i, n),
+            "d_no_target": (lambda i, n: self.synthetic("no_target", "filtered", i, n)) if no_target else None,
+            "e": lambda i, n: {"dataset": str(self.work.export_real(target_train, "train", i, n, size))},
+        }
+
+    def augmented(self, source_train: list[Path], dataset_id: int, name: str) -> dict[str, Any]:
+        plain = self.work.export_real(source_train, "train", dataset_id, name + "Plain", self.config.dataset.size)
+        augmented = augment_dataset(plain, self.work.dataset(dataset_id, name), self.config.augmentation_copies, self.config.seed)
+        shutil.rmtree(plain)  # only the augmented copy may hold this dataset id
+        return {"dataset": str(augmented)}
+
+    def synthetic(self, role: str, which: str, dataset_id: int, name: str) -> dict[str, Any]:
+        """Training set from the ``main`` or ``no_target`` ControlNet's run: ``filtered`` or ``all`` candidates."""
+        controlnet = self.pair.controlnet if role == "main" else self.pair.ablation_controlnet
+        log_dir = self.out / f"synthesis_{role}"
+        summary = self.runner.run(self.stage(f"synthesis_{role}"), lambda: self.synthesize(controlnet, log_dir))
+        files = [p for p in sorted((log_dir / "json_files").glob("synthetic_*.json"))
+                 if p.name.endswith("_filtered.json") == (which == "filtered")]
+        dataset = self.work.export_synthetic(files, dataset_id, name)
+        return {"dataset": str(dataset), "synthesis": summary}
+
+    def synthesize(self, controlnet: str, log_dir: Path) -> dict[str, Any]:
+        pipeline = PipelineConfig(seed=self.config.seed, source=self.pair.source, target=self.pair.target,
+                                  models=ModelsSection(zoo=self.config.zoo, controlnet=controlnet, pair_config=self.pair.pair_config),
+                                  synthesis=self.config.synthesis)
+        pair = pair_config_for(pipeline, log_dir.parent, self.data)
+        options = synthesis_options(pipeline, Path(self.config.zoo), Path(controlnet), pair, log_dir)
+        return synthesize(options)
+
+
+def run_benchmark(config: BenchmarkConfig) -> Path:
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "benchmark.yml", dump_yaml(config))
+    started = time.perf_counter()
+    stages = ["dataset"] + [f"pair{i}_{s}" for i in range(len(config.pairs))
+                            for s in ("test_set", "synthesis_main", "synthesis_no_target", *CONDITIONS)]
+    runner = StageRunner(out, stages)
+    data = out / "phantom"
+    modalities = sorted({m for p in config.pairs for m in (p.source, p.target)})
+    runner.run("dataset", lambda: make_dataset(config.dataset, modalities, data))
+    results = {pair.name: PairBenchmark(config, pair, i, data, runner).run() for i, pair in enumerate(config.pairs)}
+    return write_outputs(out, config, results, runner, time.perf_counter() - started)
+
+
+def write_outputs(out: Path, config: BenchmarkConfig, results: dict[str, dict[str, Any]], runner: StageRunner,
+                  seconds: float) -> Path:
+    atomic_write_json(out / "benchmark.json", {"config": to_dict(config), "results": results,
+                                               "stage_seconds": {k: v["seconds"] for k, v in runner.results.items()},
+                                               "seconds": seconds})
+    lines = ["# Downstream benchmark on the simulated dataset (paper Table 3 shape)", "",
+             "Mean 3D Dice (%) over liver, right kidney, left kidney and spleen on held-out real target volumes.", "",
+             "| source -> target | " + " | ".join(CONDITIONS.values()) + " |", "|---" * (len(CONDITIONS) + 1) + "|"]
+    for pair, by_condition in results.items():
+        cells = ["n/a" if r is None else f"{100 * r['mean']['dice']:.1f}" for r in by_condition.values()]
+        lines.append(f"| {pair} | " + " | ".join(cells) + " |")
+    for pair, by_condition in results.items():
+        present = {CONDITIONS[k]: r for k, r in by_condition.items() if r is not None}
+        lines += ["", f"## {pair}", "", "Dice (%):", "", organ_table(present, "dice"), "", "HD95 (mm):", "",
+                  organ_table(present, "hd95"), "", cost_table(by_condition)]
+    lines += ["", f"Total time {seconds:.0f} s. Config: `benchmark.yml`; every number: `benchmark.json`; chart: `benchmark.png`."]
+    write_chart(out / "benchmark.png", results)
+    path = out / "benchmark.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def cost_table(by_condition: dict[str, Any]) -> str:
+    lines = ["| training data | nnU-Net stage time (s) | synthetic candidates | accepted | UNet evaluations / accepted | s / accepted |",
+             "|---|---|---|---|---|---|"]
+    for key, r in by_condition.items():
+        if r is None:
+            continue
+        s = r.get("synthesis")
+        synth = ["", "", "", ""] if s is None else [str(s["candidates"]), str(s["accepted"]),
+                                                    _num(s["unet_evaluations_per_accepted"], ".0f"), _num(s["seconds_per_accepted"], ".2f")]
+        lines.append(f"| {CONDITIONS[key]} | {r['seconds']:.0f} | " + " | ".join(synth) + " |")
+    return "\n".join(lines)
+
+
+def _num(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def write_chart(path: Path, results: dict[str, dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    keys = list(CONDITIONS)
+    fig, ax = plt.subplots(figsize=(11, 4))
+    width = 0.8 / max(1, len(results))
+    for j, (pair, by_condition) in enumerate(results.items()):
+        values = [np.nan if by_condition[k] is None else 100 * by_condition[k]["mean"]["dice"] for k in keys]
+        ax.bar(np.arange(len(keys)) + j * width, values, width, label=pair)
+    ax.set_xticks(np.arange(len(keys)) + width * (len(results) - 1) / 2)
+    ax.set_xticklabels([CONDITIONS[k] for k in keys], rotation=15, ha="right", fontsize=8)
+    ax.set_ylabel("mean 3D Dice (%)")
+    ax.set_ylim(0, 100)
+    ax.legend()
+    fig.tight_layout()
+    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
