@@ -169,16 +169,9 @@ def to_uint8(image: torch.Tensor) -> np.ndarray:
     return np.round((image[0].numpy() + 1.0) / 2.0 * 255.0).clip(0, 255).astype(np.uint8)
 
 
-def label_map(masks: Sequence[np.ndarray]) -> np.ndarray:
-    labels = np.zeros(masks[0].shape, np.uint8)
-    for i, mask in enumerate(masks):
-        labels[mask] = i + 1
-    return labels
-
-
 def combined_picture(image: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
     """The mask overlay on the generated image (left) beside the plain image (right)."""
-    return np.concatenate([overlay(image, label_map(masks)), np.repeat(image[..., None], 3, axis=2)], axis=1)
+    return np.concatenate([overlay(image, masks), np.repeat(image[..., None], 3, axis=2)], axis=1)
 
 
 class Synthesizer:
