@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -37,6 +38,7 @@ from mrgen.io.images import read_gray  # noqa: E402
 from mrgen.models.pipeline_folder import load_pipeline_components  # noqa: E402
 from mrgen.synthesis.sampler import ControlNetSampler, make_scheduler  # noqa: E402
 from mrgen.synthesis.seeds import candidate_seed  # noqa: E402
+from mrgen.training.controlnet_stage import PAIR_FILE, load_pair  # noqa: E402
 from mrgen.viz import overlay, save_grid  # noqa: E402
 
 GRID_ROWS = 8
@@ -79,6 +81,14 @@ def pick_entries(pair: PairConfig, index: str, count: int) -> list[IndexEntry]:
     return [entries[int(i)] for i in picks]
 
 
+def trained_encoding(pair: PairConfig, args: argparse.Namespace) -> PairConfig:
+    """The pair with the mask encoding the ControlNet was trained with (its ``pair.json``), when recorded."""
+    for folder in (args.controlnet, args.ckpt):
+        if folder and (Path(folder) / PAIR_FILE).is_file():
+            return dataclasses.replace(pair, mask_encoding=load_pair(folder).mask_encoding)
+    return pair
+
+
 def make_sampler(args: argparse.Namespace) -> ControlNetSampler:
     parts = load_pipeline_components(args.ckpt, controlnet_path=args.controlnet)
     if parts.unet is None or parts.controlnet is None or parts.scheduler_config is None:
@@ -101,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    pair = load_config(args.config, ControlNetConfig, args.set).data
+    pair = trained_encoding(load_config(args.config, ControlNetConfig, args.set).data, args)
     index = held_out_index(pair, args)
     registry = load_registry()
     modality = args.modality or pair.target_modality

@@ -1,0 +1,144 @@
+#!/usr/bin/env python
+"""Train the phantom model zoo: the tiny VAE, UNet and ControlNets on the simulated dataset, reproducibly.
+
+Every stage is one of the project's training scripts with the demo configs, fixed seeds and the recipe
+below (see docs/mask_following.md for how it was chosen); a stage whose pipeline folder already exists
+under ``--work`` is skipped, so an interrupted run continues. The zoo folder then holds stock diffusers
+folders in fp16 safetensors:
+
+    <out>/vae/ unet/ scheduler/ text_encoder.json      (a pipeline folder for synthesize_filter_multi.py --ckpt)
+    <out>/controlnet_<source>_to_<target>/              (--controlnet)
+
+Example (about 35 minutes on 2 CPU cores):
+    python scripts/train_zoo.py --out zoo/phantom --work runs/zoo
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+REPO = Path(__file__).resolve().parents[1]
+PAIRS = {  # zoo folder name -> (pair config, extra overrides)
+    "controlnet_T1-InPhase_to_T2-SPIR": ("training_configs/controlnet/phantom_T1_to_T2-SPIR.yml", []),
+    "controlnet_T2-SPIR_to_T1-InPhase": ("training_configs/controlnet/phantom_T2-SPIR_to_T1.yml", []),
+    "controlnet_T1-InPhase_to_T2-SPIR_no_target_images": ("training_configs/controlnet/phantom_T1_to_T2-SPIR.yml",
+                                                          ["data.use_target_images=false"]),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="zoo/phantom", help="the zoo folder")
+    p.add_argument("--work", default="runs/zoo", help="data and training runs")
+    p.add_argument("--cases", type=int, default=60, help="phantom cases per modality")
+    p.add_argument("--data_seed", type=int, default=1)
+    p.add_argument("--vae_steps", type=int, default=300)
+    p.add_argument("--unet_steps", type=int, default=500)
+    p.add_argument("--controlnet_steps", type=int, default=600)
+    p.add_argument("--pairs", nargs="*", default=list(PAIRS), choices=list(PAIRS))
+    p.add_argument("--threads", type=int, default=1, help="torch threads per training process")
+    p.add_argument("--jobs", type=int, default=2, help="ControlNets trained at the same time (one per core)")
+    return p.parse_args(argv)
+
+
+def run_parallel(commands: dict[str, tuple[list[str], Path]], jobs: int) -> dict[str, float]:
+    """Run the named commands, ``jobs`` at a time, each with its output to its log; their wall times in s."""
+    times, pending = {}, list(commands.items())
+    while pending:
+        batch, pending = pending[:jobs], pending[jobs:]
+        started = time.perf_counter()
+        running = {}
+        for name, (command, log) in batch:
+            print("+", " ".join(command), flush=True)
+            running[name] = subprocess.Popen([sys.executable, *command], cwd=REPO, stdout=open(log, "w"),
+                                             stderr=subprocess.STDOUT)
+        for name, process in running.items():
+            if process.wait() != 0:
+                raise SystemExit(f"{name} failed (exit {process.returncode}); see {commands[name][1]}")
+            times[name] = round(time.perf_counter() - started, 1)
+    return times
+
+
+def run(command: list[str], log: Path) -> float:
+    return run_parallel({"stage": (command, log)}, 1)["stage"]
+
+
+def todo(name: str, folder: Path) -> bool:
+    if (folder / "pipeline").is_dir():
+        print(f"{name}: {folder / 'pipeline'} exists, skipped", flush=True)
+        return False
+    return True
+
+
+def stage(name: str, folder: Path, command: list[str], times: dict[str, float]) -> None:
+    if todo(name, folder):
+        times[name] = round(run(command, folder.with_suffix(".log")), 1)
+
+
+def train_all(args: argparse.Namespace, work: Path) -> dict[str, float]:
+    data, times = work / "data", {}
+    if not (data / "image_text_train.json").is_file():
+        times["data"] = round(run(["scripts/make_phantom_dataset.py", "--out", str(data), "--cases", str(args.cases),
+                                   "--seed", str(args.data_seed), "--size", "64", "--modalities", "T1-InPhase",
+                                   "T1-OutPhase", "T2-SPIR"], work / "data.log"), 1)
+    common = [f"train.num_threads={args.threads}"]
+    image_text = [f"data.index_paths=[{data}/image_text_train.json]",
+                  f"data.test_index_paths=[{data}/image_text_test.json]"]
+    stage("vae", work / "vae", ["train_vae.py", "--config", "training_configs/demo/train_vae_phantom.yml",
+                                f"output_dir={work}/vae", f"train.max_train_steps={args.vae_steps}",
+                                *image_text, *common], times)
+    stage("unet", work / "unet", ["train_unet.py", "--config", "training_configs/demo/train_unet_phantom.yml",
+                                  f"output_dir={work}/unet", f"model.pretrained_model_path={work}/vae/pipeline",
+                                  f"train.max_train_steps={args.unet_steps}", *image_text, *common], times)
+    controlnets = {}
+    for name in (n for n in args.pairs if todo(n, work / n)):
+        config, extra = PAIRS[name]
+        controlnets[name] = (["train_controlnet.py", "--config", config, f"output_dir={work}/{name}",
+                              f"model.pretrained_model_path={work}/unet/pipeline", f"data.data_root={data}",
+                              f"train.max_train_steps={args.controlnet_steps}", *extra, *common], work / f"{name}.log")
+    return {**times, **run_parallel(controlnets, args.jobs)}
+
+
+def copy_fp16(source: Path, destination: Path) -> None:
+    """A diffusers model folder with its weights stored in fp16 (they load back with from_pretrained)."""
+    destination.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source / "config.json", destination / "config.json")
+    weights = load_file(source / "diffusion_pytorch_model.safetensors")
+    save_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in weights.items()},
+              destination / "diffusion_pytorch_model.safetensors")
+
+
+def assemble(args: argparse.Namespace, work: Path, out: Path) -> None:
+    unet_pipeline = work / "unet" / "pipeline"
+    for component in ("vae", "unet"):
+        copy_fp16(unet_pipeline / component, out / component)
+    shutil.copytree(unet_pipeline / "scheduler", out / "scheduler", dirs_exist_ok=True)
+    shutil.copy2(unet_pipeline / "text_encoder.json", out / "text_encoder.json")
+    for name in args.pairs:
+        copy_fp16(work / name / "pipeline" / "controlnet", out / name)
+        shutil.copy2(work / name / "pipeline" / "pair.json", out / name / "pair.json")
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    work, out = Path(args.work), Path(args.out)
+    work.mkdir(parents=True, exist_ok=True)
+    times = train_all(args, work)
+    assemble(args, work, out)
+    record = work / "times.json"
+    previous = json.loads(record.read_text()) if record.is_file() else {}
+    record.write_text(json.dumps({**previous, **times}, indent=2) + "\n")
+    print(f"zoo written to {out}; stage wall times (s): {json.dumps({**previous, **times})}")
+
+
+if __name__ == "__main__":
+    main()
