@@ -117,7 +117,9 @@ def load_pipeline_components(
     encoder = text_encoder_spec(folder).load() if with_text_encoder and unet is not None else None
     for model in (vae, unet, controlnet):
         if model is not None:
-            model.requires_grad_(False).eval().to(device=device, dtype=dtype)
+            model.requires_grad_(False).eval().to(device)
+            if model.dtype != dtype:  # casting to the dtype a model already has makes diffusers warn
+                model.to(dtype=dtype)
     if encoder is not None:
         encoder.to(device)
     return PipelineComponents(vae, unet, controlnet, sched, encoder)
