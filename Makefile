@@ -31,7 +31,7 @@ demo: $(STAMP)
 
 # the whole chain, training every model from scratch instead of using the model zoo
 demo-full: $(STAMP)
-	$(PY) scripts/run_pipeline.py --config training_configs/demo/pipeline.yml models.train=true out=$(DEMO_OUT)_full
+	$(PY) scripts/run_pipeline.py --config training_configs/pipeline/demo.yml models.train=true out=$(DEMO_OUT)_full
 
 clean-demo:
 	rm -rf $(DEMO_OUT)

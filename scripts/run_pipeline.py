@@ -1,6 +1,6 @@
 """The whole MRGen chain on the simulated dataset, resumable stage by stage, ending in report.md.
 
-    python scripts/run_pipeline.py --config training_configs/demo/pipeline.yml [key=value ...]
+    python scripts/run_pipeline.py --config training_configs/pipeline/demo.yml [key=value ...]
 
 e.g. ``models.train=true out=demo_full`` trains every model from scratch instead of using the zoo.
 """
@@ -21,7 +21,7 @@ from mrgen.pipeline.demo import run_pipeline  # noqa: E402
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="training_configs/demo/pipeline.yml")
+    parser.add_argument("--config", default="training_configs/pipeline/demo.yml")
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")

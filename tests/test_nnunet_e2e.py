@@ -14,14 +14,11 @@ from mrgen.data.phantom import generate_phantom_dataset
 from mrgen.nnunet.env import NnUNetPaths, lean_environment, plan_command, predict_command, train_command
 
 REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
 DATASET_ID = 3
 NAME = "PhantomT2E2E"
 
 
 def _run(command: list[str], env: dict[str, str], cwd: Path, timeout: int = 240) -> str:
-    if command[0].startswith("nnUNetv2_"):
-        command = [str(BIN / command[0]), *command[1:]]
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=cwd, timeout=timeout)
     assert done.returncode == 0, f"{command[:2]} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
     return done.stdout

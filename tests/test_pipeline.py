@@ -23,7 +23,7 @@ MINIATURE = ["synthesis.max_masks=4", "synthesis.max_tries_per_mask=2", "synthes
 def test_pipeline_runs_end_to_end_and_resumes(pipeline, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     out = tmp_path / "run"
-    config = load_config(REPO / "training_configs/demo/pipeline.yml", PipelineConfig,
+    config = load_config(REPO / "training_configs/pipeline/demo.yml", PipelineConfig,
                          [f"out={out}", f"models.zoo={pipeline}", f"models.controlnet={pipeline}", *MINIATURE])
     report = run_pipeline(config)
     text = report.read_text()

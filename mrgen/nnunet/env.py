@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Mapping
@@ -82,20 +83,26 @@ def lean_environment(paths: NnUNetPaths, step: Step = "train", base: Mapping[str
     return env
 
 
+def nnunet_cli(name: str) -> str:
+    """An nnU-Net console script of this Python's environment, found even when it is not on PATH."""
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() else name
+
+
 def plan_command(dataset_id: int, configuration: str = "2d") -> list[str]:
-    return ["nnUNetv2_plan_and_preprocess", "-d", str(dataset_id), "-c", configuration,
+    return [nnunet_cli("nnUNetv2_plan_and_preprocess"), "-d", str(dataset_id), "-c", configuration,
             "--verify_dataset_integrity", *PLAN_FLAGS]
 
 
 def train_command(dataset_id: int, fold: str = "all", configuration: str = "2d",
                   trainer: str = SHORT_TRAINER) -> list[str]:
-    return ["nnUNetv2_train", str(dataset_id), configuration, fold, "-tr", trainer, *CPU_FLAGS]
+    return [nnunet_cli("nnUNetv2_train"), str(dataset_id), configuration, fold, "-tr", trainer, *CPU_FLAGS]
 
 
 def predict_command(input_dir: Path, output_dir: Path, dataset_id: int, fold: str = "all",
                     configuration: str = "2d", trainer: str = SHORT_TRAINER,
                     checkpoint: str = "checkpoint_final.pth") -> list[str]:
-    return ["nnUNetv2_predict", "-i", str(input_dir), "-o", str(output_dir), "-d", str(dataset_id),
+    return [nnunet_cli("nnUNetv2_predict"), "-i", str(input_dir), "-o", str(output_dir), "-d", str(dataset_id),
             "-c", configuration, "-f", fold, "-tr", trainer, "-chk", checkpoint, "--disable_tta",
             *PREDICT_FLAGS, *CPU_FLAGS]
 

@@ -1,4 +1,4 @@
-"""The end-to-end run's config (``training_configs/demo/pipeline.yml``), read like every other config."""
+"""The end-to-end run's config (``training_configs/pipeline/demo.yml``), read like every other config."""
 
 from __future__ import annotations
 
