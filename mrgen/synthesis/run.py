@@ -37,9 +37,10 @@ from mrgen.viz import overlay
 
 log = logging.getLogger(__name__)
 
-# Keys of run_config.json that may differ on a resumed run without mixing incompatible samples.
+# Keys of run_config.json that may differ on a resumed run without mixing incompatible samples
+# (the checkpoints are compared by their hashes, so a moved checkpoint folder is fine).
 RESUMABLE_DIFFERENCES = {"num_parts", "part_id", "num_gpus", "processes", "thresholds", "top_k", "relax", "keep_relaxed",
-                         "sample_per_mask", "max_masks", "log_dir"}
+                         "sample_per_mask", "max_masks", "log_dir", "ckpt", "controlnet"}
 
 
 @dataclass
@@ -268,9 +269,9 @@ def describe_run(options: SynthesisOptions, pair: PairConfig, modality: str, siz
         pair=asdict(pair), inference_indexes=list(pair.inference_indexes), filter=filter_settings,
         thresholds=asdict(options.rule.thresholds),
     )
-    if options.early_stop:  # the thresholds decide which candidates exist at all
-        config["early_stop_thresholds"] = asdict(options.rule.thresholds)
-    for key in ("config", "refilter", "sam2_config", "sam2_checkpoint", "sam2_prompt", "box_jitter", "half"):
+    if options.early_stop:  # the rule decides which candidates exist at all
+        config["early_stop_rule"] = {**asdict(options.rule.thresholds), "keep": options.sample_per_mask, "top_k": options.top_k}
+    for key in ("config", "refilter", "sam2_config", "sam2_checkpoint", "sam2_prompt", "box_jitter"):
         config.pop(key)
     return config
 
