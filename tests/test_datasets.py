@@ -11,7 +11,7 @@ from mrgen.data.index import IndexValidationError
 from mrgen.data.preprocess import CHAOS_WEIGHTS
 from mrgen.data.splits import held_out_patients
 
-from conftest import ORGANS, make_toy_index
+from conftest import ORGANS
 
 
 def _pair(root: Path, source: Path, target: Path, **kwargs) -> PairConfig:

@@ -195,7 +195,7 @@ class PairConfig:
         if self.mask_encoding == "intensity" and len(self.organ_weights) != len(self.organs):
             raise ValueError(f"pair {self.name}: {len(self.organs)} organs need {len(self.organs)} organ_weights "
                              f"for the intensity encoding, got {self.organ_weights}")
-        self.encoding  # validates kind and weights
+        _ = self.encoding  # an unknown encoding or a weight outside (0, 1] fails here, when the config is read
 
     @property
     def encoding(self) -> MaskEncoding:

@@ -553,7 +553,7 @@ def plan_anatomy(rng: np.random.Generator, geometry: Geometry) -> tuple[list[Pai
         PaintOp(cavity, Tissue.FAT, defines="cavity"),
     ]
     muscle = (muscle_ant + muscle_lat + muscle_post) / 3
-    ca, cb, ccy = cavity.a, cavity.b, cavity.cy
+    cb, ccy = cavity.b, cavity.cy
 
     # spine landmarks (painted last, but other organs are placed relative to them)
     vx, vy = cx + u(-3, 3), ccy + cb * u(0.28, 0.40)

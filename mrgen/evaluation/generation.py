@@ -19,7 +19,6 @@ from tqdm import tqdm
 from mrgen.data.datasets import ImageTextDataset
 from mrgen.io.atomic import atomic_write_json
 from mrgen.io.images import write_gray
-from mrgen.models.builders import SCHEDULER, component_dir
 from mrgen.models.pipeline_folder import load_pipeline_components
 from mrgen.models.sampling import denoise
 from mrgen.synthesis.sampler import make_scheduler
