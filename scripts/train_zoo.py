@@ -61,10 +61,13 @@ def run_parallel(commands: dict[str, tuple[list[str], Path]], jobs: int) -> dict
             print("+", " ".join(command), flush=True)
             running[name] = subprocess.Popen([sys.executable, *command], cwd=REPO, stdout=open(log, "w"),
                                              stderr=subprocess.STDOUT)
-        for name, process in running.items():
-            if process.wait() != 0:
-                raise SystemExit(f"{name} failed (exit {process.returncode}); see {commands[name][1]}")
-            times[name] = round(time.perf_counter() - started, 1)
+        while running:  # poll, so that each command's own wall time is recorded
+            time.sleep(1)
+            for name, process in [(n, p) for n, p in running.items() if p.poll() is not None]:
+                if process.returncode != 0:
+                    raise SystemExit(f"{name} failed (exit {process.returncode}); see {commands[name][1]}")
+                times[name] = round(time.perf_counter() - started, 1)
+                del running[name]
     return times
 
 
