@@ -115,6 +115,11 @@ def run_pipeline(config: PipelineConfig) -> Path:
     organs = load_config(pair, ControlNetConfig).data.organs
     runner.run("mask_following", lambda: measure_mask_following(synthesis_dir, organs, config.seed))
 
+    if runner.results["synthesis"]["accepted"] == 0:
+        log.warning("the quality filter accepted no synthetic sample, so there is nothing to train nnU-Net on; "
+                    "report.md shows the mask-following numbers and filter scores")
+        return write_report(out, config, runner.results, time.perf_counter() - started)
+
     seg = config.segmentation
     work = NnUNetWork(out / "nnunet", NnUNetSettings(seg.epochs, seg.iterations, seg.val_iterations, config.seed))
     train_id, test_id = seg.dataset_id, seg.dataset_id + 1

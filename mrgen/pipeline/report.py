@@ -22,19 +22,20 @@ def _link(path: Path, out: Path) -> str:
 
 
 def synthetic_figure(out: Path, records: list[dict[str, Any]]) -> Path | None:
-    """Accepted samples: source slice with its mask | synthetic target slice | the same with the mask."""
-    accepted = [r for r in records if r["accepted"]][:SAMPLES_IN_FIGURE]
-    if not accepted:
+    """Source slice with its mask | synthetic target slice | the same with the mask, for the accepted
+    samples, or for the first candidates when none was accepted (the row labels say which)."""
+    shown = ([r for r in records if r["accepted"]] or records)[:SAMPLES_IN_FIGURE]
+    if not shown:
         return None
     rows = []
-    for r in accepted:
+    for r in shown:
         masks = [read_gray(p) > 127 for p in r["mask_paths"]]
         image = read_gray(r["image_path"])
         source = read_gray(r["source"]["image_path"])
         rows.append([overlay(source, masks) if source.shape == image.shape else source, image, overlay(image, masks)])
     path = out / "synthetic_samples.png"
     save_grid(rows, path, titles=["source slice + mask", "synthetic target", "synthetic + mask"],
-              row_labels=[f"mask {r['mask_index']} try {r['try']}" for r in accepted])
+              row_labels=[f"mask {r['mask_index']} try {r['try']}{'' if r['accepted'] else ' (rejected)'}" for r in shown])
     return path
 
 
@@ -50,7 +51,7 @@ def _pictures(out: Path, results: dict[str, dict[str, Any]], records: list[dict[
     figure = synthetic_figure(out, records)
     if figure is not None:
         lines += [f"![synthetic samples]({_link(figure, out)})", "",
-                  "Accepted synthetic target-modality slices generated from source masks.", ""]
+                  "Synthetic target-modality slices generated from source masks (accepted ones when there are any).", ""]
     lines += [f"![filter scores]({_link(out / 'synthesis' / 'filter_scores.png', out)})", "",
               "Quality-filter scores of every candidate, with the strict and relaxed thresholds.", ""]
     for stage in ("vae", "unet", "controlnet"):
@@ -64,7 +65,7 @@ def write_report(out: Path, config: Any, results: dict[str, dict[str, Any]], sec
     synthesis = results["synthesis"]
     records = manifest.read(out / "synthesis" / "manifest.jsonl")
     following = results["mask_following"]
-    evaluation = results["evaluation"]
+    evaluation = results.get("evaluation")
     models = "trained from scratch in this run" if config.models.train else f"model zoo `{config.models.zoo}`"
     lines = [
         f"# MRGen end to end: {config.source} masks -> synthetic {config.target} -> nnU-Net -> real {config.target}",
@@ -93,8 +94,20 @@ def write_report(out: Path, config: Any, results: dict[str, dict[str, Any]], sec
     for subset, table in following.items():
         if subset != "seconds" and table is not None:
             lines += [f"**{subset}**", "", table["table"], ""]
-    lines += [
-        f"## nnU-Net trained on the accepted synthetic data, evaluated on real {config.target} volumes",
+    lines += _segmentation_section(config, evaluation)
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(lines))
+    atomic_write_text(out / "report.json", json.dumps(results, indent=2, default=str) + "\n")
+    return path
+
+
+def _segmentation_section(config: Any, evaluation: dict[str, Any] | None) -> list[str]:
+    title = f"## nnU-Net trained on the accepted synthetic data, evaluated on real {config.target} volumes"
+    if evaluation is None:
+        return [title, "", "Not run: the quality filter accepted no synthetic sample, so there was nothing to train on. "
+                "The mask-following numbers above say why (samples at the shuffled-mask floor do not follow their masks).", ""]
+    return [
+        title,
         "",
         "3D Dice (%) per organ:",
         "",
@@ -108,10 +121,6 @@ def write_report(out: Path, config: Any, results: dict[str, dict[str, Any]], sec
         "on CPU): these numbers show the chain works, not what the method reaches with full training.",
         "",
     ]
-    path = out / "report.md"
-    atomic_write_text(path, "\n".join(lines))
-    atomic_write_text(out / "report.json", json.dumps(results, indent=2, default=str) + "\n")
-    return path
 
 
 def _num(value: float | None, spec: str) -> str:
