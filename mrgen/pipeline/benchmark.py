@@ -25,7 +25,7 @@ from mrgen.io.atomic import atomic_save, atomic_write_json, atomic_write_text
 from mrgen.pipeline.augment import augment_dataset
 from mrgen.pipeline.config import DatasetSection, ModelsSection, PipelineConfig, SegmentationSection, SynthesisSection
 from mrgen.pipeline.demo import make_dataset, pair_config_for, synthesis_options
-from mrgen.pipeline.segmentation import NnUNetSettings, NnUNetWork, organ_table
+from mrgen.pipeline.segmentation import NnUNetWork, organ_table
 from mrgen.pipeline.stages import StageRunner
 from mrgen.synthesis.run import synthesize
 
@@ -103,7 +103,7 @@ class PairBenchmark:
         self.config, self.pair, self.data, self.runner = config, pair, data, runner
         self.out = Path(config.out) / f"pair{index}_{pair.source}_to_{pair.target}"
         seg = config.segmentation
-        self.work = NnUNetWork(self.out / "nnunet", NnUNetSettings(seg.epochs, seg.iterations, seg.val_iterations, config.seed))
+        self.work = NnUNetWork(self.out / "nnunet", seg, config.seed)
         self.base_id = seg.dataset_id + 10 * index
         self.prefix = f"pair{index}"
 

@@ -21,7 +21,7 @@ from mrgen.io.atomic import atomic_write_text
 from mrgen.io.images import read_gray
 from mrgen.pipeline.config import DatasetSection, PipelineConfig
 from mrgen.pipeline.report import write_report
-from mrgen.pipeline.segmentation import NnUNetSettings, NnUNetWork
+from mrgen.pipeline.segmentation import NnUNetWork
 from mrgen.pipeline.stages import StageRunner
 from mrgen.synthesis import manifest
 from mrgen.synthesis.run import SynthesisOptions, synthesize
@@ -121,7 +121,7 @@ def run_pipeline(config: PipelineConfig) -> Path:
         return write_report(out, config, runner.results, time.perf_counter() - started)
 
     seg = config.segmentation
-    work = NnUNetWork(out / "nnunet", NnUNetSettings(seg.epochs, seg.iterations, seg.val_iterations, config.seed))
+    work = NnUNetWork(out / "nnunet", seg, config.seed)
     train_id, test_id = seg.dataset_id, seg.dataset_id + 1
     filtered = next((synthesis_dir / "json_files").glob("*_filtered.json"))
     runner.run("nnunet_data", lambda: {

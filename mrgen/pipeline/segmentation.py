@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 from mrgen.nnunet.env import NnUNetPaths, dataset_folder_name, lean_environment, plan_command, predict_command, train_command
+from mrgen.pipeline.config import SegmentationSection
 from mrgen.pipeline.stages import run_command
 
 REPO = Path(__file__).resolve().parents[2]
@@ -17,34 +17,21 @@ SEGMENTATION = REPO / "Segmentation"
 LABELS = "CHAOSMR"
 
 
-@dataclass
-class NnUNetSettings:
-    """The short trainer's length (``nnUNetTrainer_MRGenShort``) and seed."""
-
-    epochs: int = 10
-    iterations: int = 25
-    val_iterations: int = 5
-    seed: int = 0
-    threads: int = 2
-
-    def environment(self) -> dict[str, str]:
-        return {"MRGEN_NNUNET_EPOCHS": str(self.epochs), "MRGEN_NNUNET_ITERATIONS": str(self.iterations),
-                "MRGEN_NNUNET_VAL_ITERATIONS": str(self.val_iterations), "MRGEN_NNUNET_SEED": str(self.seed),
-                "MRGEN_NNUNET_FINAL_VALIDATION": "0"}
-
-
 class NnUNetWork:
     """One nnU-Net folder tree (raw, preprocessed, results) under ``root``, with logs in ``root/logs``."""
 
-    def __init__(self, root: Path, settings: NnUNetSettings):
+    def __init__(self, root: Path, settings: SegmentationSection, seed: int, threads: int = 2):
         self.paths = NnUNetPaths.under(root)
         self.paths.create()
         self.logs = root / "logs"
-        self.settings = settings
+        self.settings, self.seed, self.threads = settings, seed, threads
 
     def env(self, step: str) -> dict[str, str]:
-        return {**lean_environment(self.paths, step, threads=self.settings.threads), **self.settings.environment(),
-                "HF_HUB_OFFLINE": "1"}
+        """The lean CPU environment plus the short trainer's length and seed (``MRGEN_NNUNET_*``)."""
+        trainer = {"MRGEN_NNUNET_EPOCHS": str(self.settings.epochs), "MRGEN_NNUNET_ITERATIONS": str(self.settings.iterations),
+                   "MRGEN_NNUNET_VAL_ITERATIONS": str(self.settings.val_iterations), "MRGEN_NNUNET_SEED": str(self.seed),
+                   "MRGEN_NNUNET_FINAL_VALIDATION": "0"}
+        return {**lean_environment(self.paths, step, threads=self.threads), **trainer, "HF_HUB_OFFLINE": "1"}
 
     def dataset(self, dataset_id: int, name: str) -> Path:
         return self.paths.raw / dataset_folder_name(dataset_id, name)
