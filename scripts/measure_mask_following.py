@@ -30,7 +30,7 @@ from mrgen.config import ControlNetConfig, load_config  # noqa: E402
 from mrgen.data.datasets import PairConfig, load_condition, pair_prompt  # noqa: E402
 from mrgen.data.index import IndexEntry  # noqa: E402
 from mrgen.data.modalities import load_registry  # noqa: E402
-from mrgen.data.preprocess import preprocess_image  # noqa: E402
+from mrgen.data.preprocess import preprocess_image, signed_to_uint8  # noqa: E402
 from mrgen.filtering.mask_following import mask_following  # noqa: E402
 from mrgen.io.atomic import atomic_write_json  # noqa: E402
 from mrgen.io.images import read_gray  # noqa: E402
@@ -97,13 +97,10 @@ def make_sampler(args: argparse.Namespace) -> ControlNetSampler:
                              args.guidance_scale, args.conditioning_scale)
 
 
-def as_uint8(image: np.ndarray) -> np.ndarray:
-    """A [-1, 1] image as 0..255, the way synthesis writes samples (no re-scaling)."""
-    return np.round((np.asarray(image) + 1.0) / 2.0 * 255.0).clip(0, 255).astype(np.uint8)
 
 
 def real_image(entry: IndexEntry, size: int) -> np.ndarray:
-    return as_uint8(preprocess_image(read_gray(entry.image_path), size))
+    return signed_to_uint8(preprocess_image(read_gray(entry.image_path), size))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -130,7 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         prompt = pair_prompt(pair, registry, entry, modality)
         sample = sampler.generate(torch.from_numpy(condition), prompt, [candidate_seed(args.seed, i, 0)])[0]
-        images.append(as_uint8(sample[0].numpy()))
+        images.append(signed_to_uint8(sample[0].numpy()))
     sampling_s = time.perf_counter() - started
     result = mask_following(images, masks, pair.organs, seed=args.seed)
     out = Path(args.out)

@@ -31,6 +31,11 @@ def min_max(image: np.ndarray) -> np.ndarray:
     return (image - lo) / (hi - lo)
 
 
+def signed_to_uint8(image: np.ndarray) -> np.ndarray:
+    """A [-1, 1] image (model space) as 0..255 uint8, without re-scaling: the inverse of the last step above."""
+    return np.round((np.asarray(image, dtype=np.float64) + 1.0) / 2.0 * 255.0).clip(0, 255).astype(np.uint8)
+
+
 def pad_to_square(array: np.ndarray, value: float = 0) -> np.ndarray:
     """Centred constant pad of a 2D array to a square; the odd pixel goes to the bottom/right."""
     h, w = array.shape[:2]

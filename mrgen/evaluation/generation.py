@@ -12,11 +12,10 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-import torch
 from tqdm import tqdm
 
 from mrgen.data.datasets import ImageTextDataset
+from mrgen.data.preprocess import signed_to_uint8
 from mrgen.io.atomic import atomic_write_json
 from mrgen.io.images import write_gray
 from mrgen.models.pipeline_folder import load_pipeline_components
@@ -25,10 +24,6 @@ from mrgen.synthesis.sampler import make_scheduler
 from mrgen.synthesis.seeds import candidate_seed, initial_noise
 
 log = logging.getLogger(__name__)
-
-
-def _uint8(image: torch.Tensor) -> np.ndarray:
-    return np.round((image[0].numpy() + 1.0) * 127.5).clip(0, 255).astype(np.uint8)
 
 
 def _name(path: str) -> str:
@@ -64,8 +59,8 @@ def generate_test_images(ckpt: str | os.PathLike, index_paths: Sequence[str | os
         images = denoise(parts.unet, parts.vae, scheduler, initial_noise(seeds, latent_shape).to(device), context,
                          null, steps, guidance_scale)
         for item, name, image in zip(items, names, images):
-            write_gray(out / "real" / name, _uint8(item["image"]))
-            write_gray(out / "generated" / name, _uint8(image))
+            write_gray(out / "real" / name, signed_to_uint8(item["image"][0].numpy()))
+            write_gray(out / "generated" / name, signed_to_uint8(image[0].numpy()))
     atomic_write_json(out / "generated.json", records)
     log.info("%d test prompts -> %s", count, out / "generated")
     return {"images": count, "real_dir": str(out / "real"), "generated_dir": str(out / "generated")}

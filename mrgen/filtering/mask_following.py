@@ -36,14 +36,6 @@ class MaskFollowing:
     floor: dict[str, OrganAgreement]
     organ_names: list[str] = field(default_factory=list)
 
-    @property
-    def own_all(self) -> OrganAgreement:
-        return self.own["all"]
-
-    @property
-    def floor_all(self) -> OrganAgreement:
-        return self.floor["all"]
-
     def as_dict(self) -> dict[str, dict[str, dict[str, float]]]:
         return {kind: {organ: vars(a) for organ, a in table.items()} for kind, table in (("own", self.own), ("floor", self.floor))}
 

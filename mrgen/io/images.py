@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -43,6 +42,3 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
         return np.zeros(image.shape, dtype=np.uint8)
     return np.round((image - lo) / (hi - lo) * 255.0).astype(np.uint8)
 
-
-def is_png(path: str | os.PathLike) -> bool:
-    return Path(path).suffix.lower() == ".png"

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from mrgen.data.datasets import PairConfig, load_condition, pair_prompt
 from mrgen.data.index import IndexEntry
 from mrgen.data.modalities import ModalityRegistry, load_registry, modality_key, modality_short_name
+from mrgen.data.preprocess import signed_to_uint8
 from mrgen.filtering.base import FilterScores, QualityFilter
 from mrgen.filtering.selection import SelectionRule, Thresholds
 from mrgen.io.atomic import atomic_write_json
@@ -166,10 +167,6 @@ def save_mask_files(layout: RunLayout, job: MaskJob) -> None:
         write_gray(layout.organ_mask(job.index, m), mask.astype(np.uint8) * 255)
 
 
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    return np.round((image[0].numpy() + 1.0) / 2.0 * 255.0).clip(0, 255).astype(np.uint8)
-
-
 def combined_picture(image: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
     """The mask overlay on the generated image (left) beside the plain image (right)."""
     return np.concatenate([overlay(image, masks), np.repeat(image[..., None], 3, axis=2)], axis=1)
@@ -232,7 +229,7 @@ class Synthesizer:
             if (job.index, try_index) in self.done:
                 continue
             scored_at = time.perf_counter()
-            record = self.record(job, try_index, seed, to_uint8(image), evaluations)
+            record = self.record(job, try_index, seed, signed_to_uint8(image[0].numpy()), evaluations)
             record["seconds"] = generation_seconds + time.perf_counter() - scored_at
             self.writer.append(record)
             self.done[(job.index, try_index)] = record
