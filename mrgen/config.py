@@ -80,6 +80,7 @@ class VAETrainSection(TrainSection):
 class DiffusionTrainSection(TrainSection):
     prompt_dropout: float = 0.1  # probability of the empty prompt (classifier-free guidance)
     timestep_sampling: Literal["uniform", "cubic"] = "uniform"  # cubic: t = (1 - u^3) T, more high-noise steps
+    snr_gamma: float | None = None  # null: plain epsilon MSE (the original); 5.0: Min-SNR-5 loss weighting
     cache_latents: bool = False  # encode each image once (posterior mean and std), sample from it every step
     latent_cache_dir: str | None = None  # default: <output_dir>/latent_cache
     # ControlNet stage only. null (the original): the UNet stays frozen. A number: the UNet is trained together with
@@ -94,6 +95,9 @@ class ValidationSection:
     guidance_scale: float = 7.0
     prompts: list[str] = field(default_factory=list)  # UNet: explicit prompts; empty = taken from the test split
     conditioning_scale: float = 1.0  # ControlNet residual scale
+    # ControlNet: this many source masks sampled with the target prompt and scored against their own and against
+    # shuffled masks (mrgen.filtering.mask_following); 0 turns the measurement off
+    mask_following_images: int = 16
 
 
 @dataclass
@@ -124,6 +128,9 @@ class DiffusionModelSection:
     text_encoder_path: str | None = None  # biomedclip only
     resolution: int | None = None  # image size; null = the VAE config's sample_size
     attention: Literal["sdpa", "xformers"] = "sdpa"
+    # UNet stage: overrides the scheduler config's prediction type (the original: epsilon). v_prediction weights
+    # the high-noise steps, where layout is decided, far more (a deviation; the ControlNet inherits it)
+    prediction_type: Literal["epsilon", "v_prediction"] | None = None
     # ControlNet stage, new ControlNets only: "zero" (the original) zero-initialises the last convolution of the
     # mask embedding; "default" gives it PyTorch's default init, so the mask reaches the ControlNet's features
     # from step 0 (its output zero convolutions stay zero, so the UNet's prediction is unchanged at step 0)

@@ -15,7 +15,7 @@ from transformers import BertConfig, BertModel, BertTokenizer
 
 from mrgen.models import (CONTROLNET, SCHEDULER, UNET, VAE, ModelFolderError, PromptEmbeddings, TextEncoderError,
                           TextEncoderSpec, build_empty, build_from_config, controlnet_from_unet, count_parameters,
-                          load_pipeline_components, load_text_encoder, model_config, noise_scheduler,
+                          load_pipeline_components, load_text_encoder, model_config, noise_scheduler, scheduler_config,
                           vae_scale_factor, write_text_encoder)
 from mrgen.models.text_encoders import RELEASED_ENCODER_DIR, RELEASED_TOKENIZER_DIR
 
@@ -39,7 +39,7 @@ def test_paper_configs_have_the_originals_values() -> None:
     controlnet = model_config(PAPER, CONTROLNET)
     assert controlnet["conditioning_channels"] == 1
     assert controlnet["conditioning_embedding_out_channels"] == [16, 32, 96, 256]
-    scheduler = noise_scheduler(PAPER)
+    scheduler = noise_scheduler(scheduler_config(PAPER))
     assert scheduler.config.beta_schedule == "scaled_linear" and scheduler.config.num_train_timesteps == 1000
     assert (scheduler.config.beta_start, scheduler.config.beta_end) == (0.00085, 0.012)
 
@@ -218,7 +218,7 @@ def test_pipeline_folder_round_trip(tmp_path: Path) -> None:
     vae, unet = build_from_config(TINY, VAE), build_from_config(TINY, UNET)
     vae.save_pretrained(tmp_path / VAE)
     unet.save_pretrained(tmp_path / UNET)
-    noise_scheduler(TINY).save_pretrained(tmp_path / SCHEDULER)
+    noise_scheduler(scheduler_config(TINY)).save_pretrained(tmp_path / SCHEDULER)
     write_text_encoder(tmp_path, TextEncoderSpec("minilm"))
     parts = load_pipeline_components(tmp_path)
     assert parts.controlnet is None and parts.text_encoder.width == 384

@@ -33,7 +33,7 @@ def test_pipeline_runs_end_to_end_and_resumes(pipeline, tmp_path, monkeypatch):
     first = json.loads((out / "report.json").read_text())
 
     # a run killed during synthesis: the stage marker is gone and the manifest ends in a partial record
-    for stage in ("synthesis", "mask_following", "nnunet_data", "nnunet_train", "evaluation"):
+    for stage in ("synthesis", "nnunet_data", "nnunet_train", "evaluation"):
         (out / "stages" / f"{stage}.json").unlink()
     part = out / "synthesis" / "manifest" / "part-000-of-001.jsonl"
     lines = part.read_text().splitlines(keepends=True)

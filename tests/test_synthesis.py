@@ -67,6 +67,9 @@ def test_run_writes_the_original_layout_and_json(options):
     assert record["seed"] == candidate_seed(0, record["mask_index"], record["try"])
     assert record["source"]["patient_id"] and record["checkpoint_sha256"]["controlnet"]
     assert "acceptance" not in record and record["reason"]
+    following = json.loads((root / "mask_following.json").read_text())
+    assert following["all candidates"]["own"]["all"]["count"] > 0 and following["accepted"]["floor"]["all"]
+    assert "## Mask-following" in (root / "README.md").read_text()
 
 
 def test_resume_after_a_crash_gives_identical_records_and_images(options, tmp_path):

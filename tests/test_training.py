@@ -21,7 +21,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DConditionModel
 from safetensors.torch import load_file
 
 from conftest import ORGANS, make_toy_index
@@ -31,6 +31,7 @@ from mrgen.data.datasets import ImageTextDataset, PairConfig
 from mrgen.models import TextEncoderError, build_from_config
 from mrgen.training import checkpoints, train_controlnet, train_unet, train_vae
 from mrgen.training.cli import main
+from mrgen.training.diffusion import diffusion_loss, training_schedule
 from mrgen.training.latent_cache import CachedLatentDataset, LatentCache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -134,6 +135,8 @@ def test_controlnet_stage_trains_from_the_unet(toy_data, unet_pipeline: Path, tm
         assert (pipeline / name).is_dir()
     assert json.loads((pipeline / "pair.json").read_text())["target_modality"] == "T2 SPIR Abdomen MRI"
     assert (tmp_path / "validation" / "step_0000002.png").is_file()
+    following = (tmp_path / "validation" / "mask_following.md").read_text()
+    assert "## step 2" in following and "IoU vs shuffled mask (floor)" in following
 
 
 def test_condition_embedding_init_default_lets_the_mask_in_from_step_0(toy_data, unet_pipeline: Path,
@@ -188,6 +191,35 @@ def _checkpoint_state(folder: Path) -> dict:
 
 class _Interrupt(Exception):
     pass
+
+
+def test_v_prediction_is_written_for_the_controlnet_and_cannot_be_changed_there(toy_data, vae_pipeline: Path,
+                                                                                 tmp_path: Path) -> None:
+    config = unet_config(tmp_path / "unet", toy_data, vae_pipeline, snr_gamma=5.0)
+    config.model.prediction_type = "v_prediction"
+    unet_pipeline = train_unet(config)
+    assert json.loads((unet_pipeline / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] == \
+        "v_prediction"
+    AcceleratorState._reset_state(True)
+    model = DiffusionModelSection(config_path=TINY, pretrained_model_path=str(unet_pipeline))
+    assert training_schedule(unet_pipeline, model)["prediction_type"] == "v_prediction"  # inherited
+    model.prediction_type = "epsilon"
+    with pytest.raises(ValueError, match="trained with 'v_prediction'"):
+        training_schedule(unet_pipeline, model)
+
+
+def test_min_snr_weights_for_both_prediction_types() -> None:
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    latents = torch.randn(4, 4, 8, 8)
+    timesteps = torch.tensor([10, 300, 700, 999])
+    snr = scheduler.alphas_cumprod[timesteps] / (1 - scheduler.alphas_cumprod[timesteps])
+    prediction, target = torch.zeros_like(latents), torch.ones_like(latents)  # per-sample MSE 1
+    eps_weights = diffusion_loss(prediction, target, timesteps, scheduler, snr_gamma=5.0)
+    assert eps_weights == pytest.approx(float((snr.clamp(max=5.0) / snr).mean()), rel=1e-5)
+    assert diffusion_loss(prediction, target, timesteps, scheduler, snr_gamma=None) == pytest.approx(1.0)
+    v_scheduler = DDPMScheduler.from_config(scheduler.config, prediction_type="v_prediction")
+    v_weights = diffusion_loss(prediction, target, timesteps, v_scheduler, snr_gamma=5.0)
+    assert v_weights == pytest.approx(float((snr.clamp(max=5.0) / (snr + 1)).mean()), rel=1e-5)
 
 
 def test_resume_equals_a_straight_run(toy_data, vae_pipeline: Path, tmp_path: Path, monkeypatch, caplog) -> None:

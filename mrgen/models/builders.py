@@ -105,14 +105,14 @@ def controlnet_from_unet(unet: UNet2DConditionModel, conditioning_channels: int,
                                      conditioning_embedding_out_channels=tuple(embedding_channels))
 
 
-def noise_scheduler(root: str | os.PathLike) -> DDPMScheduler:
+def noise_scheduler(config: dict[str, Any]) -> DDPMScheduler:
     """The training noise schedule (DDPM) from a scheduler config, as the original did."""
-    return DDPMScheduler.from_config(scheduler_config(root))
+    return DDPMScheduler.from_config(config)
 
 
-def sampling_scheduler(root: str | os.PathLike) -> DDIMScheduler:
+def sampling_scheduler(config: dict[str, Any]) -> DDIMScheduler:
     """The validation sampler (DDIM) from the same config."""
-    return DDIMScheduler.from_config(scheduler_config(root))
+    return DDIMScheduler.from_config(config)
 
 
 def vae_scale_factor(vae_config: dict[str, Any]) -> int:

@@ -16,14 +16,11 @@ from typing import Any
 from mrgen.config import ControlNetConfig, UNetConfig, VAEConfig, dump_yaml, load_config
 from mrgen.data.modalities import modality_key
 from mrgen.data.phantom import DEFAULT_MODALITIES, generate_phantom_dataset
-from mrgen.filtering.mask_following import MaskFollowing, mask_following
 from mrgen.io.atomic import atomic_write_text
-from mrgen.io.images import read_gray
 from mrgen.pipeline.config import DatasetSection, PipelineConfig
 from mrgen.pipeline.report import write_report
 from mrgen.pipeline.segmentation import NnUNetWork
 from mrgen.pipeline.stages import StageRunner
-from mrgen.synthesis import manifest
 from mrgen.synthesis.run import SynthesisOptions, synthesize
 
 log = logging.getLogger(__name__)
@@ -31,7 +28,7 @@ log = logging.getLogger(__name__)
 
 def stage_names(config: PipelineConfig) -> list[str]:
     training = ["train_vae", "train_unet", "train_controlnet"] if config.models.train else []
-    return ["dataset", *training, "synthesis", "mask_following", "nnunet_data", "nnunet_train", "evaluation"]
+    return ["dataset", *training, "synthesis", "nnunet_data", "nnunet_train", "evaluation"]
 
 
 def pair_config_for(config: PipelineConfig, out: Path, data: Path) -> Path:
@@ -82,24 +79,6 @@ def synthesis_options(config: PipelineConfig, ckpt: Path, controlnet: Path, pair
     )
 
 
-def measure_mask_following(synthesis_dir: Path, organs: list[str], seed: int) -> dict[str, Any]:
-    """Own-mask vs shuffled-mask agreement of every candidate, and of the accepted ones."""
-    records = manifest.read(synthesis_dir / "manifest.jsonl")
-
-    def score(subset: list[dict[str, Any]]) -> MaskFollowing | None:
-        if len(subset) < 2:
-            return None
-        images = [read_gray(r["image_path"]) for r in subset]
-        masks = [[read_gray(p) > 127 for p in r["mask_paths"]] for r in subset]
-        return mask_following(images, masks, organs, seed)
-
-    result = {}
-    for name, subset in (("all candidates", records), ("accepted", [r for r in records if r["accepted"]])):
-        following = score(subset)
-        result[name] = None if following is None else {"table": following.table(), **following.as_dict()}
-    return result
-
-
 def run_pipeline(config: PipelineConfig) -> Path:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,8 +91,6 @@ def run_pipeline(config: PipelineConfig) -> Path:
     ckpt, controlnet = train_models(config, runner, out, data, pair) if config.models.train else zoo_models(config)
     synthesis_dir = out / "synthesis"
     runner.run("synthesis", lambda: synthesize(synthesis_options(config, ckpt, controlnet, pair, synthesis_dir)))
-    organs = load_config(pair, ControlNetConfig).data.organs
-    runner.run("mask_following", lambda: measure_mask_following(synthesis_dir, organs, config.seed))
 
     if runner.results["synthesis"]["accepted"] == 0:
         log.warning("the quality filter accepted no synthetic sample, so there is nothing to train nnU-Net on; "

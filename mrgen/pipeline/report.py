@@ -64,7 +64,7 @@ def _pictures(out: Path, results: dict[str, dict[str, Any]], records: list[dict[
 def write_report(out: Path, config: Any, results: dict[str, dict[str, Any]], seconds: float) -> Path:
     synthesis = results["synthesis"]
     records = manifest.read(out / "synthesis" / "manifest.jsonl")
-    following = results["mask_following"]
+    following = synthesis["mask_following"]
     evaluation = results.get("evaluation")
     models = "trained from scratch in this run" if config.models.train else f"model zoo `{config.models.zoo}`"
     lines = [
@@ -92,7 +92,7 @@ def write_report(out: Path, config: Any, results: dict[str, dict[str, Any]], sec
         "",
     ]
     for subset, table in following.items():
-        if subset != "seconds" and table is not None:
+        if table is not None:
             lines += [f"**{subset}**", "", table["table"], ""]
     lines += _segmentation_section(config, evaluation)
     path = out / "report.md"

@@ -37,6 +37,10 @@ class RunLayout:
         return self.manifest_dir / f"part-{part:03d}-of-{parts:03d}.done"
 
     @property
+    def mask_following(self) -> Path:
+        return self.root / "mask_following.json"
+
+    @property
     def merged_manifest(self) -> Path:
         return self.root / "manifest.jsonl"
 

@@ -16,23 +16,55 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import ControlNetModel, UNet2DConditionModel
 
 from mrgen.config import ControlNetConfig
 from mrgen.data.datasets import PairConfig, PairDataset
+from mrgen.data.preprocess import signed_to_uint8
 from mrgen.data.prompts import EMPTY_PROMPT
+from mrgen.filtering.mask_following import mask_following
 from mrgen.io.atomic import atomic_write_json
-from mrgen.models.builders import (CONTROLNET, SCHEDULER, UNET, VAE, controlnet_from_unet, load_pretrained,
-                                   model_config, noise_scheduler, sampling_scheduler, vae_scale_factor)
-from mrgen.models.pipeline_folder import TextEncoderSpec, export_frozen, text_encoder_spec, write_text_encoder
+from mrgen.models.builders import (
+    CONTROLNET,
+    UNET,
+    VAE,
+    controlnet_from_unet,
+    load_pretrained,
+    model_config,
+    noise_scheduler,
+    sampling_scheduler,
+    vae_scale_factor,
+)
+from mrgen.models.pipeline_folder import (
+    TextEncoderSpec,
+    export_frozen,
+    text_encoder_spec,
+    write_text_encoder,
+)
 from mrgen.training.data import registry_for
-from mrgen.training.diffusion import (Latents, Noiser, check_width, freeze, generate, require_pretrained_path,
-                                      scheduler_root, set_attention, shared_prompt_embeddings, training_dataset,
-                                      weight_dtype)
+from mrgen.training.diffusion import (
+    Latents,
+    Noiser,
+    check_width,
+    freeze,
+    generate,
+    require_pretrained_path,
+    set_attention,
+    shared_prompt_embeddings,
+    training_dataset,
+    training_schedule,
+    weight_dtype,
+    write_scheduler,
+)
 from mrgen.training.harness import run_training
-from mrgen.training.visuals import colour_masks, outline_masks, overlay_masks, save_grid, to_unit
+from mrgen.training.visuals import (
+    colour_masks,
+    outline_masks,
+    overlay_masks,
+    save_grid,
+    to_unit,
+)
 
 log = logging.getLogger(__name__)
 COLOUR_NAMES = ("red", "green", "blue", "yellow", "magenta", "cyan", "orange", "grey")
@@ -99,13 +131,15 @@ class ControlNetStage:
             self.companions = {UNET: (self.unet, train.unet_learning_rate)}
         for network in (self.unet, self.trained_model):
             set_attention(network, model.attention)
-        self.scheduler_root = scheduler_root(self.pretrained, model.config_path)
+        self.scheduler_config = training_schedule(self.pretrained, model)
         self.text_spec = text_encoder_of(self.pretrained, model.text_encoder, model.text_encoder_path)
         self.prompts = shared_prompt_embeddings(accelerator, self.text_spec, dataset.prompts, self.dtype)
         check_width(self.unet.config, self.prompts, self.text_spec)
         self.validation_items = dataset.validation_items(config.validation.num_images)
+        following = config.validation.mask_following_images
+        self.following_items = dataset.validation_items(following) if following > 1 else []
         self.train_dataset = training_dataset(dataset, self.vae, train, accelerator, output_dir, self.resolution)
-        self.noiser = Noiser(Latents(self.vae, cached=train.cache_latents), noise_scheduler(self.scheduler_root),
+        self.noiser = Noiser(Latents(self.vae, cached=train.cache_latents), noise_scheduler(self.scheduler_config),
                              self.prompts, train)
 
     def _make_controlnet(self, unet, condition_channels: int) -> ControlNetModel:
@@ -129,17 +163,17 @@ class ControlNetStage:
         return controlnet
 
     def loss(self, module: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        noisy, timesteps, noise, context = self.noiser(batch)
+        noisy, timesteps, target, context = self.noiser(batch)
         condition = batch["condition"].to(noisy.device)
         if self.companions:
             prediction = module(noisy, timesteps, context, condition)
         else:
             prediction = controlled_prediction(module, self.unet, noisy, timesteps, context, condition, self.dtype)
-        return F.mse_loss(prediction.float(), noise.float())
+        return self.noiser.loss(prediction, target, timesteps)
 
     def _samples(self, model: ControlNetModel, prompts: list[str], control: torch.Tensor) -> torch.Tensor:
         validation = self.config.validation
-        return generate(self.unet, self.vae, sampling_scheduler(self.scheduler_root), self.prompts(prompts),
+        return generate(self.unet, self.vae, sampling_scheduler(self.scheduler_config), self.prompts(prompts),
                         self.prompts([EMPTY_PROMPT]), self.latent_size, validation.num_inference_steps,
                         validation.guidance_scale, seed=self.config.seed, controlnet=model, control=control,
                         conditioning_scale=validation.conditioning_scale)
@@ -162,14 +196,29 @@ class ControlNetStage:
                                  f"sample, target prompt ({self.pair.target_modality})", "target sample + outlines"],
                   title=f"{self.pair.name} ControlNet step {step} ({legend}); DDIM "
                         f"{self.config.validation.num_inference_steps}, CFG {self.config.validation.guidance_scale}")
-        return {}
+        return self._mask_following(model, step, folder) if len(self.following_items) > 1 else {}
+
+    def _mask_following(self, model: ControlNetModel, step: int, folder: Path) -> dict[str, float]:
+        """Target-prompt samples scored against their own masks and against shuffled ones (the floor)."""
+        conditions = torch.stack([item[0] for item in self.following_items])
+        samples = self._samples(model, [item[2] for item in self.following_items],
+                                conditions.to(self.accelerator.device))
+        organs = len(self.pair.organs)
+        result = mask_following([signed_to_uint8(sample[0].numpy()) for sample in samples],
+                                [self.pair.encoding.decode(c.numpy(), organs) for c in conditions],
+                                self.pair.organs, seed=self.config.seed)
+        with open(folder / "mask_following.md", "a", encoding="utf-8") as table:
+            table.write(f"\n## step {step} ({len(samples)} target-prompt samples)\n\n{result.table()}\n")
+        own, floor = result.own["all"], result.floor["all"]
+        return {"mask_iou": own.mean_iou, "mask_iou_floor": floor.mean_iou,
+                "mask_fraction_above_0.7": own.fraction_above, "mask_fraction_above_0.7_floor": floor.fraction_above}
 
     def export(self, model: ControlNetModel, folder: Path) -> None:
         model.save_pretrained(folder / CONTROLNET)
         if self.companions:
             self.unet.save_pretrained(folder / UNET)
         export_frozen(self.pretrained, folder, (VAE,) if self.companions else (VAE, UNET))
-        export_frozen(self.scheduler_root, folder, (SCHEDULER,))
+        write_scheduler(folder, self.scheduler_config)
         write_text_encoder(folder, self.text_spec)
         atomic_write_json(folder / PAIR_FILE, dataclasses.asdict(self.pair))
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, DDPMScheduler, ModelMixin,
@@ -14,7 +15,8 @@ from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, DDPMSchedu
 
 from mrgen.config import DiffusionModelSection, DiffusionTrainSection
 from mrgen.data.prompts import EMPTY_PROMPT
-from mrgen.models.builders import SCHEDULER, ModelFolderError, component_dir
+from mrgen.io.atomic import atomic_write_json
+from mrgen.models.builders import SCHEDULER, SCHEDULER_CONFIG, ModelFolderError, scheduler_config
 from mrgen.models.pipeline_folder import TextEncoderSpec
 from mrgen.models.sampling import denoise
 from mrgen.models.text_encoders import PromptEmbeddings
@@ -107,7 +109,8 @@ class Latents:
 
 
 class Noiser:
-    """(noisy latents, timesteps, noise, prompt context) for a batch: the forward process both stages share."""
+    """(noisy latents, timesteps, regression target, prompt context) for a batch: the forward process both stages
+    share. The target is the noise for an epsilon-prediction schedule, the velocity for a v-prediction one."""
 
     def __init__(self, latents: Latents, scheduler: DDPMScheduler, prompts: PromptEmbeddings,
                  train: DiffusionTrainSection):
@@ -120,16 +123,49 @@ class Noiser:
                                      self.train.timestep_sampling, latents.device)
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
         context = self.prompts(drop_prompts(batch["prompt"], self.train.prompt_dropout))
-        return noisy, timesteps, noise, context
+        velocity = self.scheduler.config.prediction_type == "v_prediction"
+        target = self.scheduler.get_velocity(latents, noise, timesteps) if velocity else noise
+        return noisy, timesteps, target, context
+
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        return diffusion_loss(prediction, target, timesteps, self.scheduler, self.train.snr_gamma)
 
 
-def scheduler_root(pretrained: Path, config_path: str) -> Path:
-    """The noise schedule of the pretrained pipeline when it has one, else the config folder's."""
+def diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor,
+                   scheduler: DDPMScheduler, snr_gamma: float | None) -> torch.Tensor:
+    """The MSE to the target, or with ``snr_gamma`` the Min-SNR-gamma weighting (Hang et al. 2023): each sample's
+    MSE times min(SNR_t, gamma) / SNR_t (epsilon) or / (SNR_t + 1) (v), so that the many easy low-noise steps
+    stop dominating the gradient."""
+    if snr_gamma is None:
+        return F.mse_loss(prediction.float(), target.float())
+    per_sample = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    alpha_bar = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = alpha_bar / (1.0 - alpha_bar)
+    denominator = snr + 1 if scheduler.config.prediction_type == "v_prediction" else snr
+    return (per_sample * snr.clamp(max=snr_gamma) / denominator).mean()
+
+
+def training_schedule(pretrained: Path, model: DiffusionModelSection) -> dict[str, Any]:
+    """The scheduler config a stage trains with: the pretrained pipeline's when it has one (the ControlNet stage),
+    else the config folder's (the UNet stage), with ``model.prediction_type`` applied.
+
+    Only the UNet stage may change the prediction type: a ControlNet must predict what its UNet predicts.
+    """
     try:
-        component_dir(pretrained, SCHEDULER)
-        return pretrained
+        config, inherited = dict(scheduler_config(pretrained)), True
     except ModelFolderError:
-        return Path(config_path)
+        config, inherited = dict(scheduler_config(model.config_path)), False
+    wanted = model.prediction_type
+    if wanted and wanted != config["prediction_type"]:
+        if inherited:
+            raise ValueError(f"model.prediction_type is {wanted!r} but the UNet in {pretrained} was trained with "
+                             f"{config['prediction_type']!r}; leave model.prediction_type unset here")
+        config["prediction_type"] = wanted
+    return config
+
+
+def write_scheduler(folder: Path, config: dict[str, Any]) -> None:
+    atomic_write_json(folder / SCHEDULER / SCHEDULER_CONFIG, config)
 
 
 def training_dataset(dataset, vae: AutoencoderKL, train: DiffusionTrainSection, accelerator: Accelerator,

@@ -12,17 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import UNet2DConditionModel
 
 from mrgen.config import UNetConfig
 from mrgen.data.prompts import EMPTY_PROMPT
-from mrgen.models.builders import (SCHEDULER, UNET, VAE, build_from_config, load_pretrained, noise_scheduler,
+from mrgen.models.builders import (UNET, VAE, build_from_config, load_pretrained, noise_scheduler,
                                    sampling_scheduler, vae_scale_factor)
 from mrgen.models.pipeline_folder import TextEncoderSpec, export_frozen, write_text_encoder
-from mrgen.training.diffusion import (Latents, Noiser, check_width, freeze, generate, require_pretrained_path,
-                                      scheduler_root, set_attention, shared_prompt_embeddings, training_dataset,
+from mrgen.training.diffusion import (training_schedule, write_scheduler, Latents, Noiser, check_width, freeze, generate, require_pretrained_path,
+                                      set_attention, shared_prompt_embeddings, training_dataset,
                                       weight_dtype)
 from mrgen.training.data import image_text_datasets
 from mrgen.training.harness import run_training
@@ -49,8 +48,8 @@ class UNetStage:
                              f"{self.vae.config.latent_channels}-channel latents; use matching configs")
         self.resolution = model.resolution or int(self.vae.config.sample_size)
         self.latent_size = self.resolution // vae_scale_factor(self.vae.config)
-        self.scheduler_root = scheduler_root(self.pretrained, model.config_path)
-        self.noise_scheduler = noise_scheduler(self.scheduler_root)
+        self.scheduler_config = training_schedule(self.pretrained, model)
+        self.noise_scheduler = noise_scheduler(self.scheduler_config)
 
         if train.cache_latents and config.data.augment:
             raise ValueError("train.cache_latents and data.augment exclude each other: cached latents are of the "
@@ -75,9 +74,9 @@ class UNetStage:
         return [found[i] for i in picks]
 
     def loss(self, module: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        noisy, timesteps, noise, context = self.noiser(batch)
+        noisy, timesteps, target, context = self.noiser(batch)
         prediction = module(noisy, timesteps, encoder_hidden_states=context).sample
-        return F.mse_loss(prediction.float(), noise.float())
+        return self.noiser.loss(prediction, target, timesteps)
 
     def _real_image_for(self, prompt: str) -> torch.Tensor | None:
         for i, item in enumerate(self.val_dataset.slices):
@@ -90,7 +89,7 @@ class UNetStage:
         prompts = self.validation_prompts
         if not prompts:
             return {}
-        samples = generate(model, self.vae, sampling_scheduler(self.scheduler_root), self.prompts(prompts),
+        samples = generate(model, self.vae, sampling_scheduler(self.scheduler_config), self.prompts(prompts),
                            self.prompts([EMPTY_PROMPT]), self.latent_size, validation.num_inference_steps,
                            validation.guidance_scale, seed=self.config.seed)
         real = [self._real_image_for(p) for p in prompts]
@@ -104,7 +103,7 @@ class UNetStage:
     def export(self, model: UNet2DConditionModel, folder: Path) -> None:
         model.save_pretrained(folder / UNET)
         export_frozen(self.pretrained, folder, (VAE,))
-        export_frozen(self.scheduler_root, folder, (SCHEDULER,))
+        write_scheduler(folder, self.scheduler_config)
         write_text_encoder(folder, self.text_spec)
 
 
