@@ -26,8 +26,9 @@ install: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# the whole chain on the simulated dataset with the model zoo: data -> synthesis -> nnU-Net -> 3D evaluation
 demo: $(STAMP)
-	$(PY) scripts/demo.py --out $(DEMO_OUT)
+	$(PY) scripts/run_pipeline.py --config training_configs/pipeline/demo.yml out=$(DEMO_OUT)
 
 # the whole chain, training every model from scratch instead of using the model zoo
 demo-full: $(STAMP)

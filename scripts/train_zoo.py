@@ -1,9 +1,9 @@
 #!/usr/bin/env python
 """Train the phantom model zoo: the tiny VAE, UNet and ControlNets on the simulated dataset, reproducibly.
 
-Every stage is one of the project's training scripts with the demo configs, fixed seeds and the recipe
-below (see docs/mask_following.md for how it was chosen); a stage whose pipeline folder already exists
-under ``--work`` is skipped, so an interrupted run continues. The zoo folder then holds stock diffusers
+Every stage is one of the project's training scripts with a config from ``training_configs/zoo/`` (the recipe;
+see docs/mask_following.md for how it was chosen) and fixed seeds; a stage whose pipeline folder already
+exists under ``--work`` is skipped, so an interrupted run continues. The zoo folder then holds stock diffusers
 folders in fp16 safetensors:
 
     <out>/vae/ unet/ scheduler/ text_encoder.json      (a pipeline folder for synthesize_filter_multi.py --ckpt)
@@ -27,10 +27,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 REPO = Path(__file__).resolve().parents[1]
-PAIRS = {  # zoo folder name -> (pair config, extra overrides)
-    "controlnet_T1-InPhase_to_T2-SPIR": ("training_configs/controlnet/phantom_T1_to_T2-SPIR.yml", []),
-    "controlnet_T2-SPIR_to_T1-InPhase": ("training_configs/controlnet/phantom_T2-SPIR_to_T1.yml", []),
-    "controlnet_T1-InPhase_to_T2-SPIR_no_target_images": ("training_configs/controlnet/phantom_T1_to_T2-SPIR.yml",
+CONFIGS = REPO / "training_configs" / "zoo"
+PAIRS = {  # zoo folder name -> (config, extra overrides)
+    "controlnet_T1-InPhase_to_T2-SPIR": (CONFIGS / "controlnet_phantom_T1_to_T2-SPIR.yml", []),
+    "controlnet_T2-SPIR_to_T1-InPhase": (CONFIGS / "controlnet_phantom_T2-SPIR_to_T1.yml", []),
+    "controlnet_T1-InPhase_to_T2-SPIR_no_target_images": (CONFIGS / "controlnet_phantom_T1_to_T2-SPIR.yml",
                                                           ["data.use_target_images=false"]),
 }
 
@@ -41,11 +42,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", default="runs/zoo", help="data and training runs")
     p.add_argument("--cases", type=int, default=60, help="phantom cases per modality")
     p.add_argument("--data_seed", type=int, default=1)
-    p.add_argument("--vae_steps", type=int, default=300)
-    p.add_argument("--unet_steps", type=int, default=500)
-    p.add_argument("--controlnet_steps", type=int, default=600)
+    p.add_argument("--vae_steps", type=int, help="default: the config's")
+    p.add_argument("--unet_steps", type=int, help="default: the config's")
+    p.add_argument("--controlnet_steps", type=int, help="default: the config's")
     p.add_argument("--pairs", nargs="*", default=list(PAIRS), choices=list(PAIRS))
-    p.add_argument("--threads", type=int, default=1, help="torch threads per training process")
+    p.add_argument("--threads", type=int, default=2, help="torch threads of the VAE and UNet processes")
     p.add_argument("--jobs", type=int, default=2, help="ControlNets trained at the same time (one per core)")
     return p.parse_args(argv)
 
@@ -93,22 +94,25 @@ def train_all(args: argparse.Namespace, work: Path) -> dict[str, float]:
         times["data"] = round(run(["scripts/make_phantom_dataset.py", "--out", str(data), "--cases", str(args.cases),
                                    "--seed", str(args.data_seed), "--size", "64", "--modalities", "T1-InPhase",
                                    "T1-OutPhase", "T2-SPIR"], work / "data.log"), 1)
-    common = [f"train.num_threads={args.threads}"]
     image_text = [f"data.index_paths=[{data}/image_text_train.json]",
                   f"data.test_index_paths=[{data}/image_text_test.json]"]
-    stage("vae", work / "vae", ["train_vae.py", "--config", "training_configs/demo/train_vae_phantom.yml",
-                                f"output_dir={work}/vae", f"train.max_train_steps={args.vae_steps}",
-                                *image_text, *common], times)
-    stage("unet", work / "unet", ["train_unet.py", "--config", "training_configs/demo/train_unet_phantom.yml",
+    threads = [f"train.num_threads={args.threads}"]
+    stage("vae", work / "vae", ["train_vae.py", "--config", str(CONFIGS / "train_vae_phantom.yml"),
+                                f"output_dir={work}/vae", *steps(args.vae_steps), *image_text, *threads], times)
+    stage("unet", work / "unet", ["train_unet.py", "--config", str(CONFIGS / "train_unet_phantom.yml"),
                                   f"output_dir={work}/unet", f"model.pretrained_model_path={work}/vae/pipeline",
-                                  f"train.max_train_steps={args.unet_steps}", *image_text, *common], times)
+                                  *steps(args.unet_steps), *image_text, *threads], times)
     controlnets = {}
     for name in (n for n in args.pairs if todo(n, work / n)):
         config, extra = PAIRS[name]
-        controlnets[name] = (["train_controlnet.py", "--config", config, f"output_dir={work}/{name}",
+        controlnets[name] = (["train_controlnet.py", "--config", str(config), f"output_dir={work}/{name}",
                               f"model.pretrained_model_path={work}/unet/pipeline", f"data.data_root={data}",
-                              f"train.max_train_steps={args.controlnet_steps}", *extra, *common], work / f"{name}.log")
+                              *steps(args.controlnet_steps), *extra, "train.num_threads=1"], work / f"{name}.log")
     return {**times, **run_parallel(controlnets, args.jobs)}
+
+
+def steps(count: int | None) -> list[str]:
+    return [] if count is None else [f"train.max_train_steps={count}"]
 
 
 def copy_fp16(source: Path, destination: Path) -> None:
