@@ -86,6 +86,9 @@ class DiffusionTrainSection(TrainSection):
     # ControlNet stage only. null (the original): the UNet stays frozen. A number: the UNet is trained together with
     # the ControlNet at this learning rate (its own AdamW group, same schedule, in the EMA), checkpointed, exported
     unet_learning_rate: float | None = None
+    # ControlNet stage only. 1 (the original): plain MSE. w > 1: latent pixels inside the condition's organs (one latent
+    # pixel of margin) weigh w times the rest, renormalised per sample (mrgen.training.diffusion.organ_weight_map)
+    organ_loss_weight: float = 1.0
 
 
 @dataclass

@@ -31,7 +31,7 @@ from mrgen.data.datasets import ImageTextDataset, PairConfig
 from mrgen.models import TextEncoderError, build_from_config
 from mrgen.training import checkpoints, train_controlnet, train_unet, train_vae
 from mrgen.training.cli import main
-from mrgen.training.diffusion import diffusion_loss, training_schedule
+from mrgen.training.diffusion import diffusion_loss, organ_weight_map, training_schedule
 from mrgen.training.latent_cache import CachedLatentDataset, LatentCache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -220,6 +220,31 @@ def test_min_snr_weights_for_both_prediction_types() -> None:
     v_scheduler = DDPMScheduler.from_config(scheduler.config, prediction_type="v_prediction")
     v_weights = diffusion_loss(prediction, target, timesteps, v_scheduler, snr_gamma=5.0)
     assert v_weights == pytest.approx(float((snr.clamp(max=5.0) / (snr + 1)).mean()), rel=1e-5)
+
+
+def test_organ_weight_map_weighs_the_organs_and_keeps_the_mean() -> None:
+    condition = -torch.ones(2, 1, 16, 16)
+    condition[0, 0, 4:8, 4:8] = 0.2  # an organ (intensity code) in the first sample; the second is an empty target
+    weights = organ_weight_map(condition, latent_size=4, weight=4.0)
+    assert weights.shape == (2, 1, 4, 4)
+    assert weights.mean(dim=(1, 2, 3)).tolist() == pytest.approx([1.0, 1.0])
+    organ, margin, far = weights[0, 0, 1, 1], weights[0, 0, 2, 2], weights[0, 0, 3, 3]
+    assert organ == pytest.approx(4 * far) and margin == pytest.approx(organ)  # one latent pixel of margin
+    assert torch.all(weights[1] == 1.0)
+    prediction, target = torch.zeros(2, 4, 4, 4), torch.ones(2, 4, 4, 4)
+    scheduler = DDPMScheduler()
+    plain = diffusion_loss(prediction, target, torch.tensor([5, 500]), scheduler, snr_gamma=None)
+    assert diffusion_loss(prediction, target, torch.tensor([5, 500]), scheduler, None, weights) == pytest.approx(plain)
+
+
+def test_organ_loss_weight_trains_and_rejects_nonsense(toy_data, unet_pipeline: Path, tmp_path: Path) -> None:
+    def config(weight: float) -> ControlNetConfig:
+        return ControlNetConfig(name="toy_cn_organ", output_dir=str(tmp_path / str(weight)), seed=0, data=toy_pair(toy_data),
+                                model=DiffusionModelSection(config_path=TINY, pretrained_model_path=str(unet_pipeline)),
+                                train=diffusion_train(max_train_steps=1, organ_loss_weight=weight), validation=VALIDATION)
+    assert (train_controlnet(config(4.0)) / "controlnet").is_dir()
+    with pytest.raises(ValueError, match="organ_loss_weight must be positive"):
+        train_controlnet(config(0.0))
 
 
 def test_resume_equals_a_straight_run(toy_data, vae_pipeline: Path, tmp_path: Path, monkeypatch, caplog) -> None:

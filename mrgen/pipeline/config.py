@@ -34,6 +34,8 @@ class ModelsSection:
 
 @dataclass
 class SynthesisSection:
+    """The run's synthesis settings; each key is the ``synthesize_filter_multi.py`` flag of the same name."""
+
     max_masks: int | None = 32  # spread evenly over the source masks; null: all
     max_tries_per_mask: int = 4
     num_images_per_prompt: int = 4

@@ -7,6 +7,7 @@ report. Every stage writes plain files under ``out``; a finished stage is not re
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from pathlib import Path
@@ -67,16 +68,10 @@ def zoo_models(config: PipelineConfig) -> tuple[Path, Path]:
 
 
 def synthesis_options(config: PipelineConfig, ckpt: Path, controlnet: Path, pair: Path, log_dir: Path) -> SynthesisOptions:
-    s = config.synthesis
-    return SynthesisOptions(
-        ckpt=str(ckpt), controlnet=str(controlnet), config=str(pair), log_dir=str(log_dir),
-        modality=modality_key(config.target), max_masks=s.max_masks, max_tries_per_mask=s.max_tries_per_mask,
-        num_images_per_prompt=s.num_images_per_prompt, sample_per_mask=s.sample_per_mask, scheduler=s.scheduler,
-        steps=s.steps, guidance_scale=s.guidance_scale, controlnet_scale=s.controlnet_scale, filter=s.filter,
-        early_stop=s.early_stop, iou_threshold=s.iou_threshold, confidence_threshold=s.confidence_threshold,
-        avg_iou_threshold=s.avg_iou_threshold, avg_confidence_threshold=s.avg_confidence_threshold,
-        seed=config.seed, num_gpus=1,
-    )
+    """The synthesis flags: the config's synthesis section (every key is a flag of the same name) plus the run's paths."""
+    return SynthesisOptions(**dataclasses.asdict(config.synthesis), ckpt=str(ckpt), controlnet=str(controlnet),
+                            config=str(pair), log_dir=str(log_dir), modality=modality_key(config.target),
+                            seed=config.seed, num_gpus=1)
 
 
 def run_pipeline(config: PipelineConfig) -> Path:

@@ -3,8 +3,8 @@
 The ControlNet starts as a copy of the trained UNet's encoder (``ControlNetModel.from_unet``); the UNet,
 VAE and text encoder stay frozen (the UNet is moved to the device, never prepared). Batches mix
 source-modality slices with their encoded organ masks and unannotated target-modality slices with an
-empty (all -1) condition and the target prompt (``PairDataset``). Loss: epsilon MSE of the UNet with the
-ControlNet's residuals added.
+empty (all -1) condition and the target prompt (``PairDataset``). Loss: the UNet's epsilon (or v) MSE with the
+ControlNet's residuals added, optionally weighted towards the organs (``train.organ_loss_weight``).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from mrgen.training.diffusion import (
     check_width,
     freeze,
     generate,
+    organ_weight_map,
     require_pretrained_path,
     set_attention,
     shared_prompt_embeddings,
@@ -113,6 +114,8 @@ class ControlNetStage:
         self.config, self.accelerator, self.pair = config, accelerator, config.data
         model, train = config.model, config.train
         self.pretrained = require_pretrained_path(model, "ControlNet", "the trained vae/ and unet/")
+        if train.organ_loss_weight <= 0:
+            raise ValueError(f"train.organ_loss_weight must be positive (1 = plain MSE), got {train.organ_loss_weight}")
         self.dtype = weight_dtype(accelerator)
         self.vae = freeze(load_pretrained(self.pretrained, VAE), accelerator.device, self.dtype)
         self.resolution = model.resolution or int(self.vae.config.sample_size)
@@ -169,7 +172,9 @@ class ControlNetStage:
             prediction = module(noisy, timesteps, context, condition)
         else:
             prediction = controlled_prediction(module, self.unet, noisy, timesteps, context, condition, self.dtype)
-        return self.noiser.loss(prediction, target, timesteps)
+        weight = self.config.train.organ_loss_weight
+        pixel_weight = None if weight == 1.0 else organ_weight_map(condition, noisy.shape[-1], weight)
+        return self.noiser.loss(prediction, target, timesteps, pixel_weight)
 
     def _samples(self, model: ControlNetModel, prompts: list[str], control: torch.Tensor) -> torch.Tensor:
         validation = self.config.validation
