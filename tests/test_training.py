@@ -31,7 +31,7 @@ from mrgen.data.datasets import ImageTextDataset, PairConfig
 from mrgen.models import TextEncoderError, build_from_config
 from mrgen.training import checkpoints, train_controlnet, train_unet, train_vae
 from mrgen.training.cli import main
-from mrgen.training.diffusion import diffusion_loss, organ_weight_map, training_schedule
+from mrgen.training.diffusion import diffusion_loss, organ_weight_map, predicted_x0, training_schedule
 from mrgen.training.latent_cache import CachedLatentDataset, LatentCache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -137,6 +137,7 @@ def test_controlnet_stage_trains_from_the_unet(toy_data, unet_pipeline: Path, tm
     assert (tmp_path / "validation" / "step_0000002.png").is_file()
     following = (tmp_path / "validation" / "mask_following.md").read_text()
     assert "## step 2" in following and "IoU vs shuffled mask (floor)" in following
+    assert "Clean-latent error of the source slices" in following
 
 
 def test_condition_embedding_init_default_lets_the_mask_in_from_step_0(toy_data, unet_pipeline: Path,
@@ -220,6 +221,16 @@ def test_min_snr_weights_for_both_prediction_types() -> None:
     v_scheduler = DDPMScheduler.from_config(scheduler.config, prediction_type="v_prediction")
     v_weights = diffusion_loss(prediction, target, timesteps, v_scheduler, snr_gamma=5.0)
     assert v_weights == pytest.approx(float((snr.clamp(max=5.0) / (snr + 1)).mean()), rel=1e-5)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_predicted_x0_inverts_the_forward_process(prediction_type: str) -> None:
+    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
+                              prediction_type=prediction_type)
+    latents, noise, timesteps = torch.randn(3, 4, 8, 8), torch.randn(3, 4, 8, 8), torch.tensor([0, 500, 999])
+    noisy = scheduler.add_noise(latents, noise, timesteps)
+    exact = scheduler.get_velocity(latents, noise, timesteps) if prediction_type == "v_prediction" else noise
+    assert torch.allclose(predicted_x0(scheduler, noisy, timesteps, exact), latents, atol=2e-3)
 
 
 def test_organ_weight_map_weighs_the_organs_and_keeps_the_mean() -> None:

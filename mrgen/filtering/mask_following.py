@@ -50,7 +50,8 @@ class MaskFollowing:
         return "\n".join(lines)
 
 
-def _derangement(n: int, rng: np.random.Generator) -> np.ndarray:
+def derangement(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A permutation of range(n) that moves every element (the shuffled-mask floor's pairing)."""
     if n < 2:
         raise ValueError("the shuffled-mask floor needs at least two images")
     while True:
@@ -83,5 +84,5 @@ def mask_following(images: Sequence[np.ndarray], masks: Sequence[Sequence[np.nda
     """``images``: (H, W) uint8; ``masks``: per image, per organ (H, W) bool (or None when absent)."""
     scorer = OfflineFilter()
     names = list(organ_names)
-    shuffled = [masks[j] for j in _derangement(len(images), np.random.default_rng(seed))]
+    shuffled = [masks[j] for j in derangement(len(images), np.random.default_rng(seed))]
     return MaskFollowing(_score_all(images, masks, names, scorer), _score_all(images, shuffled, names, scorer), names)

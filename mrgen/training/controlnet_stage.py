@@ -15,7 +15,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from diffusers import ControlNetModel, UNet2DConditionModel
 
@@ -23,7 +25,7 @@ from mrgen.config import ControlNetConfig
 from mrgen.data.datasets import PairConfig, PairDataset
 from mrgen.data.preprocess import signed_to_uint8
 from mrgen.data.prompts import EMPTY_PROMPT
-from mrgen.filtering.mask_following import mask_following
+from mrgen.filtering.mask_following import derangement, mask_following
 from mrgen.io.atomic import atomic_write_json
 from mrgen.models.builders import (
     CONTROLNET,
@@ -50,6 +52,7 @@ from mrgen.training.diffusion import (
     freeze,
     generate,
     organ_weight_map,
+    predicted_x0,
     require_pretrained_path,
     set_attention,
     shared_prompt_embeddings,
@@ -70,6 +73,7 @@ from mrgen.training.visuals import (
 log = logging.getLogger(__name__)
 COLOUR_NAMES = ("red", "green", "blue", "yellow", "magenta", "cyan", "orange", "grey")
 PAIR_FILE = "pair.json"
+MASK_USAGE_TIME = 0.8  # fraction of the training timesteps at which validation measures the mask's use
 
 
 def text_encoder_of(pretrained: Path, kind: str, path: str | None) -> TextEncoderSpec:
@@ -201,9 +205,32 @@ class ControlNetStage:
                                  f"sample, target prompt ({self.pair.target_modality})", "target sample + outlines"],
                   title=f"{self.pair.name} ControlNet step {step} ({legend}); DDIM "
                         f"{self.config.validation.num_inference_steps}, CFG {self.config.validation.guidance_scale}")
-        return self._mask_following(model, step, folder) if len(self.following_items) > 1 else {}
+        if len(self.following_items) < 2:
+            return {}
+        usage = self._mask_usage(model)
+        return {**usage, **self._mask_following(model, step, folder, usage)}
 
-    def _mask_following(self, model: ControlNetModel, step: int, folder: Path) -> dict[str, float]:
+    @torch.no_grad()
+    def _mask_usage(self, model: ControlNetModel) -> dict[str, float]:
+        """Without sampling: the controlled UNet's error on the clean latent of the validation source slices at
+        t = 0.8 T (where the layout is still open), with their own masks and with shuffled ones. A ControlNet
+        that uses its mask has a clearly lower error with its own; the two are equal at step 0."""
+        items, device, scheduler = self.following_items, self.accelerator.device, self.noiser.scheduler
+        images = torch.stack([item[3] for item in items]).to(device, self.vae.dtype)
+        latents = self.vae.encode(images).latent_dist.mean.float() * self.vae.config.scaling_factor
+        noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(self.config.seed)).to(device)
+        timesteps = torch.full((len(items),), int(MASK_USAGE_TIME * scheduler.config.num_train_timesteps), device=device)
+        noisy = scheduler.add_noise(latents, noise, timesteps)
+        context = self.prompts([item[1] for item in items])
+        conditions = torch.stack([item[0] for item in items]).to(device)
+        errors = []
+        for condition in (conditions, conditions[derangement(len(items), np.random.default_rng(self.config.seed))]):
+            prediction = controlled_prediction(model, self.unet, noisy, timesteps, context, condition, self.dtype)
+            errors.append(F.mse_loss(predicted_x0(scheduler, noisy, timesteps, prediction.float()), latents).item())
+        return {"mask_x0_mse": errors[0], "mask_x0_mse_shuffled": errors[1]}
+
+    def _mask_following(self, model: ControlNetModel, step: int, folder: Path,
+                        usage: dict[str, float]) -> dict[str, float]:
         """Target-prompt samples scored against their own masks and against shuffled ones (the floor)."""
         conditions = torch.stack([item[0] for item in self.following_items])
         samples = self._samples(model, [item[2] for item in self.following_items],
@@ -213,7 +240,10 @@ class ControlNetStage:
                                 [self.pair.encoding.decode(c.numpy(), organs) for c in conditions],
                                 self.pair.organs, seed=self.config.seed)
         with open(folder / "mask_following.md", "a", encoding="utf-8") as table:
-            table.write(f"\n## step {step} ({len(samples)} target-prompt samples)\n\n{result.table()}\n")
+            table.write(f"\n## step {step} ({len(samples)} target-prompt samples)\n\n{result.table()}\n\n"
+                        f"Clean-latent error of the source slices at t = {MASK_USAGE_TIME:g} T: {usage['mask_x0_mse']:.4f} "
+                        f"with their own masks, {usage['mask_x0_mse_shuffled']:.4f} with shuffled masks (lower with "
+                        f"their own: the ControlNet uses the mask).\n")
         own, floor = result.own["all"], result.floor["all"]
         return {"mask_iou": own.mean_iou, "mask_iou_floor": floor.mean_iou,
                 "mask_fraction_above_0.7": own.fraction_above, "mask_fraction_above_0.7_floor": floor.fraction_above}

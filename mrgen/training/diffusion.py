@@ -150,6 +150,15 @@ def diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, timesteps: to
     return (per_sample * snr.clamp(max=snr_gamma) / denominator).mean()
 
 
+def predicted_x0(scheduler: DDPMScheduler, noisy: torch.Tensor, timesteps: torch.Tensor,
+                 prediction: torch.Tensor) -> torch.Tensor:
+    """The clean latent implied by a model output (epsilon or v, as the scheduler says)."""
+    alpha_bar = scheduler.alphas_cumprod.to(noisy.device)[timesteps].float().view(-1, 1, 1, 1)
+    if scheduler.config.prediction_type == "v_prediction":
+        return alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * prediction
+    return (noisy - (1 - alpha_bar).sqrt() * prediction) / alpha_bar.sqrt()
+
+
 def organ_weight_map(condition: torch.Tensor, latent_size: int, weight: float) -> torch.Tensor:
     """Per-latent-pixel loss weights (B, 1, h, w) with mean 1 per sample: ``weight`` inside the organs of an encoded
     condition (any channel above its background -1, grown by one latent pixel), 1 elsewhere. An empty condition (an
