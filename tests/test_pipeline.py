@@ -69,3 +69,25 @@ def test_benchmark_in_miniature_writes_a_full_table(pipeline, tmp_path, monkeypa
     cells = [c.strip() for c in row.strip("|").split("|")[1:]]
     assert len(cells) == 6 and all(c.replace(".", "").isdigit() for c in cells), row
     assert (tmp_path / "bench" / "benchmark.png").is_file() and (tmp_path / "bench" / "benchmark.json").is_file()
+
+
+def test_benchmark_table_marks_a_condition_without_accepted_samples(tmp_path):
+    from mrgen.pipeline.benchmark import BenchmarkConfig, write_outputs
+    from mrgen.pipeline.stages import StageRunner
+
+    organs = ["liver", "spleen"]
+
+    def evaluated(dice: float) -> dict:
+        return {"mean_over": organs, "organs": {o: {"dice": dice, "hd95": 5.0} for o in organs},
+                "mean": {"dice": dice, "hd95": 5.0}, "seconds": 1.0}
+
+    synthesis = {"candidates": 8, "accepted": 0, "unet_evaluations_per_accepted": None, "seconds_per_accepted": None}
+    results = {"T1-InPhase -> T2-SPIR": {"a": evaluated(0.1), "b": evaluated(0.2),
+                                         "c": {"samples": 0, "skipped": "no accepted synthetic sample",
+                                               "synthesis": synthesis, "seconds": 2.0},
+                                         "d_unfiltered": {**evaluated(0.3), "synthesis": {**synthesis, "accepted": 0}},
+                                         "d_no_target": None, "e": evaluated(0.9)}}
+    table = write_outputs(tmp_path, BenchmarkConfig(out=str(tmp_path)), results, StageRunner(tmp_path, []), 10.0)
+    row = next(line for line in table.read_text().splitlines() if line.startswith("| T1-InPhase -> T2-SPIR |"))
+    assert row.split("|")[2:8] == [" 10.0 ", " 20.0 ", " n/a ", " 30.0 ", " n/a ", " 90.0 "]
+    assert (tmp_path / "benchmark.png").is_file()

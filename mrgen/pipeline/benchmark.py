@@ -13,6 +13,7 @@ markdown table shaped like the paper's, a JSON with every number and the config,
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import time
@@ -66,7 +67,7 @@ class BenchmarkConfig:
                  "zoo/phantom/controlnet_T2-SPIR_to_T1-InPhase", ""),
     ])
     dataset: DatasetSection = field(default_factory=lambda: DatasetSection(cases=12))
-    synthesis: SynthesisSection = field(default_factory=lambda: SynthesisSection(max_masks=96))
+    synthesis: SynthesisSection = field(default_factory=lambda: SynthesisSection(max_masks=48, max_tries_per_mask=2))
     segmentation: SegmentationSection = field(default_factory=lambda: SegmentationSection(epochs=10, iterations=25))
     augmentation_copies: int = 2
 
@@ -124,6 +125,9 @@ class PairBenchmark:
 
             def train_and_evaluate(make=make, dataset_id=dataset_id, name=name) -> dict[str, Any]:
                 extra = make(dataset_id, name)
+                if extra.get("samples") == 0:
+                    log.warning("%s %s: the quality filter accepted no synthetic sample; nothing to train on", self.pair.name, name)
+                    return {**extra, "skipped": "no accepted synthetic sample"}
                 self.work.train(dataset_id, name)
                 summary = self.work.predict_and_evaluate(dataset_id, name, test_dataset, self.out / name)
                 return {**summary, **extra}
@@ -158,8 +162,10 @@ class PairBenchmark:
         summary = self.runner.run(self.stage(f"synthesis_{role}"), lambda: self.synthesize(controlnet, log_dir))
         files = [p for p in sorted((log_dir / "json_files").glob("synthetic_*.json"))
                  if p.name.endswith("_filtered.json") == (which == "filtered")]
-        dataset = self.work.export_synthetic(files, dataset_id, name)
-        return {"dataset": str(dataset), "synthesis": summary}
+        samples = sum(len(json.loads(p.read_text(encoding="utf-8"))) for p in files)
+        if samples == 0:
+            return {"samples": 0, "synthesis": summary}
+        return {"dataset": str(self.work.export_synthetic(files, dataset_id, name)), "samples": samples, "synthesis": summary}
 
     def synthesize(self, controlnet: str, log_dir: Path) -> dict[str, Any]:
         pipeline = PipelineConfig(seed=self.config.seed, source=self.pair.source, target=self.pair.target,
@@ -194,10 +200,10 @@ def write_outputs(out: Path, config: BenchmarkConfig, results: dict[str, dict[st
              "Mean 3D Dice (%) over liver, right kidney, left kidney and spleen on held-out real target volumes.", "",
              "| source -> target | " + " | ".join(CONDITIONS.values()) + " |", "|---" * (len(CONDITIONS) + 1) + "|"]
     for pair, by_condition in results.items():
-        cells = ["n/a" if r is None else f"{100 * r['mean']['dice']:.1f}" for r in by_condition.values()]
+        cells = ["n/a" if not evaluated(r) else f"{100 * r['mean']['dice']:.1f}" for r in by_condition.values()]
         lines.append(f"| {pair} | " + " | ".join(cells) + " |")
     for pair, by_condition in results.items():
-        present = {CONDITIONS[k]: r for k, r in by_condition.items() if r is not None}
+        present = {CONDITIONS[k]: r for k, r in by_condition.items() if evaluated(r)}
         lines += ["", f"## {pair}", "", "Dice (%):", "", organ_table(present, "dice"), "", "HD95 (mm):", "",
                   organ_table(present, "hd95"), "", cost_table(by_condition)]
     lines += ["", f"Total time {seconds:.0f} s. Config: `benchmark.yml`; every number: `benchmark.json`; chart: `benchmark.png`."]
@@ -205,6 +211,11 @@ def write_outputs(out: Path, config: BenchmarkConfig, results: dict[str, dict[st
     path = out / "benchmark.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+def evaluated(result: dict[str, Any] | None) -> bool:
+    """Whether a condition was trained and evaluated (not missing, not skipped for want of samples)."""
+    return result is not None and "mean" in result
 
 
 def cost_table(by_condition: dict[str, Any]) -> str:
@@ -235,7 +246,7 @@ def write_chart(path: Path, results: dict[str, dict[str, Any]]) -> None:
     fig, ax = plt.subplots(figsize=(11, 4))
     width = 0.8 / max(1, len(results))
     for j, (pair, by_condition) in enumerate(results.items()):
-        values = [np.nan if by_condition[k] is None else 100 * by_condition[k]["mean"]["dice"] for k in keys]
+        values = [100 * by_condition[k]["mean"]["dice"] if evaluated(by_condition[k]) else np.nan for k in keys]
         ax.bar(np.arange(len(keys)) + j * width, values, width, label=pair)
     ax.set_xticks(np.arange(len(keys)) + width * (len(results) - 1) / 2)
     ax.set_xticklabels([CONDITIONS[k] for k in keys], rotation=15, ha="right", fontsize=8)
