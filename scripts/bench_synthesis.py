@@ -1,7 +1,11 @@
 """Synthesis cost: the original's settings beside our fast settings, in one run, on the same masks.
 
     python scripts/bench_synthesis.py --ckpt <pipeline folder> --config training_configs/controlnet/<pair>.yml \
-        --out runs/bench_synthesis [--masks 8]
+        --out runs/bench_synthesis [--masks 8] [--controlnet <ControlNet folder>]
+
+    # with the model zoo, on the end-to-end demo's dataset (its pair config points at it)
+    python scripts/bench_synthesis.py --ckpt zoo/phantom --controlnet zoo/phantom/controlnet_T1-InPhase_to_T2-SPIR \
+        --config demo_output/pair.yml --masks 4 --out runs/bench_synthesis
 
 For each setting it runs ``synthesize_filter_multi`` on the first ``--masks`` masks and prints UNet
 evaluations per accepted sample, acceptance rate and seconds per accepted sample.
@@ -31,7 +35,9 @@ SETTINGS = {
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--ckpt", required=True)
+    parser.add_argument("--ckpt", required=True, help="pipeline folder (vae/, unet/, scheduler/, text_encoder.json)")
+    parser.add_argument("--controlnet", help="ControlNet folder (default: <ckpt>/controlnet), e.g. "
+                                             "zoo/phantom/controlnet_T1-InPhase_to_T2-SPIR")
     parser.add_argument("--config", required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--masks", type=int, default=8)
@@ -40,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    base = SynthesisOptions(ckpt=args.ckpt, log_dir="", config=args.config, max_masks=args.masks, num_gpus=1,
+    base = SynthesisOptions(ckpt=args.ckpt, controlnet=args.controlnet, log_dir="", config=args.config, max_masks=args.masks, num_gpus=1,
                             filter=args.filter, guidance_scale=args.guidance_scale)
     results = {}
     for i, (name, changes) in enumerate(SETTINGS.items()):
