@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
 
-    base = SynthesisOptions(ckpt=args.ckpt, controlnet=args.controlnet, log_dir="", config=args.config, max_masks=args.masks, num_gpus=1,
-                            filter=args.filter, guidance_scale=args.guidance_scale)
+    base = SynthesisOptions(ckpt=args.ckpt, controlnet=args.controlnet, log_dir="", config=args.config,
+                            max_masks=args.masks, num_gpus=1, filter=args.filter, guidance_scale=args.guidance_scale)
     results = {}
     for i, (name, changes) in enumerate(SETTINGS.items()):
         options = replace(base, log_dir=str(args.out / f"setting_{i}"), **changes)

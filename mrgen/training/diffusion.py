@@ -144,16 +144,21 @@ def diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, timesteps: to
     if snr_gamma is None:
         return squared.mean()
     per_sample = squared.mean(dim=(1, 2, 3))
-    alpha_bar = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    alpha_bar = alpha_bar_at(scheduler, timesteps)
     snr = alpha_bar / (1.0 - alpha_bar)
     denominator = snr + 1 if scheduler.config.prediction_type == "v_prediction" else snr
     return (per_sample * snr.clamp(max=snr_gamma) / denominator).mean()
 
 
+def alpha_bar_at(scheduler: DDPMScheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    """The cumulative signal fraction alpha_bar_t of each timestep, float32 on the timesteps' device."""
+    return scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+
+
 def predicted_x0(scheduler: DDPMScheduler, noisy: torch.Tensor, timesteps: torch.Tensor,
                  prediction: torch.Tensor) -> torch.Tensor:
     """The clean latent implied by a model output (epsilon or v, as the scheduler says)."""
-    alpha_bar = scheduler.alphas_cumprod.to(noisy.device)[timesteps].float().view(-1, 1, 1, 1)
+    alpha_bar = alpha_bar_at(scheduler, timesteps).view(-1, 1, 1, 1)
     if scheduler.config.prediction_type == "v_prediction":
         return alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * prediction
     return (noisy - (1 - alpha_bar).sqrt() * prediction) / alpha_bar.sqrt()
