@@ -39,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> SynthesisOptions:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance_scale", type=float, default=7.0)
     p.add_argument("--controlnet_scale", type=float, default=1.0)
+    p.add_argument("--control_conditional_only", action="store_true",
+                   help="ControlNet on the conditional branch only, so the guidance scale amplifies the mask "
+                        "too (a deviation; the original conditions both branches)")
     p.add_argument("--seed", type=int, default=0, help="global seed; candidate seeds derive from (seed, mask, try)")
     p.add_argument("--filter", default="offline", choices=["offline", "sam2"])
     p.add_argument("--sam2_config", default="configs/sam2/sam2_hiera_l.yaml", help="a config inside the sam2 package")

@@ -98,6 +98,7 @@ class ValidationSection:
     guidance_scale: float = 7.0
     prompts: list[str] = field(default_factory=list)  # UNet: explicit prompts; empty = taken from the test split
     conditioning_scale: float = 1.0  # ControlNet residual scale
+    control_conditional_only: bool = False  # ControlNet on the conditional CFG branch only (mrgen.models.sampling)
     # ControlNet: this many training source masks sampled with the target prompt and scored against their own and
     # against shuffled masks (mrgen.filtering.mask_following; held-out masks: scripts/measure_mask_following.py); 0: off
     mask_following_images: int = 16

@@ -58,6 +58,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--guidance_scale", type=float, default=6.0)
     p.add_argument("--conditioning_scale", type=float, default=1.0)
+    p.add_argument("--control_conditional_only", action="store_true",
+                   help="ControlNet on the conditional branch only, so the guidance scale amplifies the mask too")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--real", action="store_true", help="score the real slices of --index (the ceiling)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = all)")
@@ -94,7 +96,8 @@ def make_sampler(args: argparse.Namespace) -> ControlNetSampler:
         raise ValueError(f"{args.ckpt} must hold vae/, unet/, scheduler/ and a ControlNet")
     return ControlNetSampler(parts.vae, parts.unet, parts.controlnet, parts.text_encoder,
                              make_scheduler("dpm-solver++", parts.scheduler_config), args.steps,
-                             args.guidance_scale, args.conditioning_scale)
+                             args.guidance_scale, args.conditioning_scale,
+                             control_conditional_only=args.control_conditional_only)
 
 
 
@@ -138,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {"ckpt": args.ckpt, "controlnet": args.controlnet, "config": args.config, "overrides": args.set,
               "index": index, "modality": modality, "masks": len(entries), "steps": args.steps,
               "guidance_scale": args.guidance_scale, "conditioning_scale": args.conditioning_scale,
+              "control_conditional_only": args.control_conditional_only,
               "seed": args.seed, "real": args.real, "sampling_s": round(sampling_s, 1), **result.as_dict()}
     atomic_write_json(out / "mask_following.json", report)
     table = result.table()

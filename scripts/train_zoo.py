@@ -3,7 +3,9 @@
 
 Every stage is one of the project's training scripts with a config from ``training_configs/zoo/`` (the recipe;
 see docs/mask_following.md for how it was chosen) and fixed seeds; a stage whose pipeline folder already
-exists under ``--work`` is skipped, so an interrupted run continues. The zoo folder then holds stock diffusers
+exists under ``--work`` is skipped and an interrupted one resumes from its last checkpoint, so an interrupted
+run continues (to train a finished stage longer, raise its config's ``max_train_steps`` and delete its
+``pipeline`` folder: it resumes from its last checkpoint). The zoo folder then holds stock diffusers
 folders in fp16 safetensors:
 
     <out>/vae/ unet/ scheduler/ text_encoder.json      (a pipeline folder for synthesize_filter_multi.py --ckpt)
@@ -28,6 +30,7 @@ from safetensors.torch import load_file, save_file
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "training_configs" / "zoo"
+RESUME = ["--resume", "latest"]  # a killed stage continues from its last checkpoint (a new run if there is none)
 PAIRS = {  # zoo folder name -> (config, extra overrides)
     "controlnet_T1-InPhase_to_T2-SPIR": (CONFIGS / "controlnet_phantom_T1_to_T2-SPIR.yml", []),
     "controlnet_T2-SPIR_to_T1-InPhase": (CONFIGS / "controlnet_phantom_T2-SPIR_to_T1.yml", []),
@@ -85,7 +88,7 @@ def todo(name: str, folder: Path) -> bool:
 
 def stage(name: str, folder: Path, command: list[str], times: dict[str, float]) -> None:
     if todo(name, folder):
-        times[name] = round(run(command, folder.with_suffix(".log")), 1)
+        times[name] = round(run([*command, *RESUME], folder.with_suffix(".log")), 1)
 
 
 def train_all(args: argparse.Namespace, work: Path) -> dict[str, float]:
@@ -107,7 +110,8 @@ def train_all(args: argparse.Namespace, work: Path) -> dict[str, float]:
         config, extra = PAIRS[name]
         controlnets[name] = (["train_controlnet.py", "--config", str(config), f"output_dir={work}/{name}",
                               f"model.pretrained_model_path={work}/unet/pipeline", f"data.data_root={data}",
-                              *steps(args.controlnet_steps), *extra, "train.num_threads=1"], work / f"{name}.log")
+                              *steps(args.controlnet_steps), *extra, "train.num_threads=1", *RESUME],
+                             work / f"{name}.log")
     return {**times, **run_parallel(controlnets, args.jobs)}
 
 

@@ -1,7 +1,9 @@
 """The reverse diffusion loop shared by validation figures and synthesis.
 
-Classifier-free guidance runs the unconditional and conditional branches in one batched forward; an
-optional ControlNet sees the same condition in both halves (the original's guess mode off).
+Classifier-free guidance runs the unconditional and conditional branches in one batched forward. An
+optional ControlNet sees the same condition in both halves (the original's setting), or, with
+``control_conditional_only``, only the conditional half, so that the guidance scale amplifies the mask's
+effect together with the prompt's (as diffusers' guess mode does, without its per-block residual ramp).
 """
 
 from __future__ import annotations
@@ -25,11 +27,13 @@ def denoise(
     controlnet: ControlNetModel | None = None,
     control: torch.Tensor | None = None,
     conditioning_scale: float = 1.0,
+    control_conditional_only: bool = False,
 ) -> torch.Tensor:
     """Initial noise ``latents`` (B, C, h, w) -> decoded images (B, 1, H, W) in [-1, 1], float32 on the CPU."""
     guided = guidance_scale > 1.0
     embeddings = torch.cat([null_context.expand_as(context), context]) if guided else context
-    if control is not None and guided:
+    control_all = guided and not control_conditional_only
+    if control is not None and control_all:
         control = torch.cat([control, control])
     scheduler.set_timesteps(num_inference_steps, device=latents.device)
     latents = latents * scheduler.init_noise_sigma
@@ -37,8 +41,11 @@ def denoise(
         model_input = scheduler.scale_model_input(torch.cat([latents, latents]) if guided else latents, t)
         extra: dict[str, Any] = {}
         if controlnet is not None:
-            down, mid = controlnet(model_input, t, encoder_hidden_states=embeddings, controlnet_cond=control,
-                                   conditioning_scale=conditioning_scale, return_dict=False)
+            half = 0 if control_all or not guided else len(latents)
+            down, mid = controlnet(model_input[half:], t, encoder_hidden_states=embeddings[half:],
+                                   controlnet_cond=control, conditioning_scale=conditioning_scale, return_dict=False)
+            if half:
+                down, mid = [_pad_unconditional(r) for r in down], _pad_unconditional(mid)
             extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
         noise = unet(model_input, t, encoder_hidden_states=embeddings, return_dict=False, **extra)[0]
         if guided:
@@ -47,6 +54,11 @@ def denoise(
         latents = scheduler.step(noise, t, latents, return_dict=False)[0]
     images = vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
     return images.float().clamp(-1.0, 1.0).cpu()
+
+
+def _pad_unconditional(residual: torch.Tensor) -> torch.Tensor:
+    """A residual for the conditional half only -> the batched one (zeros for the unconditional half)."""
+    return torch.cat([torch.zeros_like(residual), residual])
 
 
 def forward_passes(batch: int, num_inference_steps: int, guidance_scale: float) -> int:

@@ -67,8 +67,8 @@ class BenchmarkConfig:
                  "zoo/phantom/controlnet_T2-SPIR_to_T1-InPhase", ""),
     ])
     dataset: DatasetSection = field(default_factory=lambda: DatasetSection(cases=12))
-    synthesis: SynthesisSection = field(default_factory=lambda: SynthesisSection(max_masks=48, max_tries_per_mask=2))
-    segmentation: SegmentationSection = field(default_factory=lambda: SegmentationSection(epochs=10, iterations=25))
+    synthesis: SynthesisSection = field(default_factory=lambda: SynthesisSection(max_masks=96, max_tries_per_mask=4))
+    segmentation: SegmentationSection = field(default_factory=lambda: SegmentationSection(epochs=20, iterations=25))
     augmentation_copies: int = 2
 
 
@@ -77,7 +77,8 @@ BUDGETS = {
                  num_images_per_prompt=2, steps=3), segmentation=SegmentationSection(epochs=1, iterations=3, val_iterations=1)),
     "default": {},
     "full": dict(dataset=DatasetSection(cases=40, size=64), synthesis=SynthesisSection(max_masks=None, max_tries_per_mask=20,
-                 num_images_per_prompt=10, scheduler="ddim", steps=50, guidance_scale=7.0, early_stop=False),
+                 num_images_per_prompt=10, scheduler="ddim", steps=50, guidance_scale=7.0, early_stop=False,
+                 control_conditional_only=False),
                  segmentation=SegmentationSection(epochs=100, iterations=250, val_iterations=50)),
 }
 

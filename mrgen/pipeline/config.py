@@ -44,6 +44,7 @@ class SynthesisSection:
     steps: int = 20
     guidance_scale: float = 6.0
     controlnet_scale: float = 1.0
+    control_conditional_only: bool = True  # the zoo follows masks far better with it (docs/mask_following.md)
     filter: str = "offline"
     early_stop: bool = True
     iou_threshold: float = 0.70

@@ -70,6 +70,7 @@ class SynthesisOptions:
     steps: int = 50
     guidance_scale: float = 7.0
     controlnet_scale: float = 1.0
+    control_conditional_only: bool = False
     seed: int = 0
     filter: str = "offline"
     sam2_config: str = "configs/sam2/sam2_hiera_l.yaml"
@@ -244,6 +245,7 @@ class Synthesizer:
             "type": "candidate", "mask_index": job.index, "try": try_index, "seed": seed, "prompt": job.prompt,
             "modality": self.run_config["modality"], "scheduler": self.options.scheduler, "steps": self.options.steps,
             "guidance_scale": self.options.guidance_scale, "controlnet_scale": self.options.controlnet_scale,
+            "control_conditional_only": self.options.control_conditional_only,
             "checkpoint_sha256": self.run_config["checkpoint_sha256"], "filter": self.filter.name,
             "source": {"image_path": str(entry.image_path), "patient_id": entry.patient_id,
                        "slice_index": entry.slice_index, "dataset": entry.dataset, "modality": entry.modality},
@@ -385,7 +387,8 @@ def make_sampler(options: SynthesisOptions, device: torch.device) -> ControlNetS
         raise ValueError(f"{options.ckpt} must hold vae/, unet/, scheduler/ and a ControlNet (controlnet/ or --controlnet)")
     return ControlNetSampler(parts.vae, parts.unet, parts.controlnet, parts.text_encoder,
                              make_scheduler(options.scheduler, parts.scheduler_config), options.steps,
-                             options.guidance_scale, options.controlnet_scale, device, dtype)
+                             options.guidance_scale, options.controlnet_scale,
+                             options.control_conditional_only, device, dtype)
 
 
 def my_masks(options: SynthesisOptions, count: int, part: int, parts: int) -> list[int]:

@@ -43,6 +43,7 @@ class ControlNetSampler:
     steps: int = 50
     guidance_scale: float = 7.0
     controlnet_scale: float = 1.0
+    control_conditional_only: bool = False
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
     unet_evaluations: int = 0
@@ -68,6 +69,6 @@ class ControlNetSampler:
         control = condition.to(self.device, self.dtype)[None].expand(batch, -1, -1, -1)
         images = denoise(self.unet, self.vae, self.scheduler, latents, self._context(prompt).expand(batch, -1, -1),
                          self._context(""), self.steps, self.guidance_scale, self.controlnet, control,
-                         self.controlnet_scale)
+                         self.controlnet_scale, self.control_conditional_only)
         self.unet_evaluations += forward_passes(batch, self.steps, self.guidance_scale)
         return images

@@ -185,7 +185,8 @@ class ControlNetStage:
         return generate(self.unet, self.vae, sampling_scheduler(self.scheduler_config), self.prompts(prompts),
                         self.prompts([EMPTY_PROMPT]), self.latent_size, validation.num_inference_steps,
                         validation.guidance_scale, seed=self.config.seed, controlnet=model, control=control,
-                        conditioning_scale=validation.conditioning_scale)
+                        conditioning_scale=validation.conditioning_scale,
+                        control_conditional_only=validation.control_conditional_only)
 
     def validate(self, model: ControlNetModel, step: int, folder: Path) -> dict[str, float]:
         """Per mask: the condition, the source slice, and samples with the source and the target prompt."""

@@ -222,6 +222,7 @@ def generate(
     controlnet: ControlNetModel | None = None,
     control: torch.Tensor | None = None,
     conditioning_scale: float = 1.0,
+    control_conditional_only: bool = False,
 ) -> torch.Tensor:
     """DDIM samples with classifier-free guidance for validation figures: (B, 1, H, W) in [-1, 1], on CPU.
 
@@ -231,4 +232,4 @@ def generate(
     shape = (context.shape[0], unet.config.in_channels, latent_size, latent_size)
     latents = torch.randn(shape, generator=torch.Generator().manual_seed(seed)).to(context.device)
     return denoise(unet, vae, scheduler, latents, context, null_context, num_inference_steps, guidance_scale,
-                   controlnet, control, conditioning_scale)
+                   controlnet, control, conditioning_scale, control_conditional_only)
