@@ -11,7 +11,7 @@ folders in fp16 safetensors:
     <out>/vae/ unet/ scheduler/ text_encoder.json      (a pipeline folder for synthesize_filter_multi.py --ckpt)
     <out>/controlnet_<source>_to_<target>/              (--controlnet)
 
-Example (about 35 minutes on 2 CPU cores):
+Example (about an hour and a half on 2 CPU cores, most of it the three 3,000-step ControlNets):
     python scripts/train_zoo.py --out zoo/phantom --work runs/zoo
 """
 

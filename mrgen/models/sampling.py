@@ -32,8 +32,8 @@ def denoise(
     """Initial noise ``latents`` (B, C, h, w) -> decoded images (B, 1, H, W) in [-1, 1], float32 on the CPU."""
     guided = guidance_scale > 1.0
     embeddings = torch.cat([null_context.expand_as(context), context]) if guided else context
-    control_all = guided and not control_conditional_only
-    if control is not None and control_all:
+    half = len(latents) if guided and control_conditional_only else 0  # where the ControlNet's part of the batch starts
+    if control is not None and guided and not half:
         control = torch.cat([control, control])
     scheduler.set_timesteps(num_inference_steps, device=latents.device)
     latents = latents * scheduler.init_noise_sigma
@@ -41,7 +41,6 @@ def denoise(
         model_input = scheduler.scale_model_input(torch.cat([latents, latents]) if guided else latents, t)
         extra: dict[str, Any] = {}
         if controlnet is not None:
-            half = 0 if control_all or not guided else len(latents)
             down, mid = controlnet(model_input[half:], t, encoder_hidden_states=embeddings[half:],
                                    controlnet_cond=control, conditioning_scale=conditioning_scale, return_dict=False)
             if half:
@@ -62,5 +61,6 @@ def _pad_unconditional(residual: torch.Tensor) -> torch.Tensor:
 
 
 def forward_passes(batch: int, num_inference_steps: int, guidance_scale: float) -> int:
-    """UNet (and ControlNet) evaluations ``denoise`` spends on ``batch`` samples, counted per sample."""
+    """UNet evaluations ``denoise`` spends on ``batch`` samples, counted per sample (the ControlNet runs as often,
+    or half as often with ``control_conditional_only``)."""
     return batch * num_inference_steps * (2 if guidance_scale > 1.0 else 1)
