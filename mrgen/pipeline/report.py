@@ -22,9 +22,9 @@ def _link(path: Path, out: Path) -> str:
 
 
 def synthetic_figure(out: Path, records: list[dict[str, Any]]) -> Path | None:
-    """Source slice with its mask | synthetic target slice | the same with the mask, for the accepted
-    samples, or for the first candidates when none was accepted (the row labels say which)."""
-    shown = ([r for r in records if r["accepted"]] or records)[:SAMPLES_IN_FIGURE]
+    """Source slice with its mask | synthetic target slice | the same with the mask: the accepted samples
+    first, then rejected candidates to fill the figure (the row labels say which)."""
+    shown = sorted(records, key=lambda r: not r["accepted"])[:SAMPLES_IN_FIGURE]
     if not shown:
         return None
     rows = []
@@ -51,7 +51,8 @@ def _pictures(out: Path, results: dict[str, dict[str, Any]], records: list[dict[
     figure = synthetic_figure(out, records)
     if figure is not None:
         lines += [f"![synthetic samples]({_link(figure, out)})", "",
-                  "Synthetic target-modality slices generated from source masks (accepted ones when there are any).", ""]
+                  "Synthetic target-modality slices generated from source masks: accepted ones first, "
+                  "then rejected candidates.", ""]
     lines += [f"![filter scores]({_link(out / 'synthesis' / 'filter_scores.png', out)})", "",
               "Quality-filter scores of every candidate, with the strict and relaxed thresholds.", ""]
     for stage in ("vae", "unet", "controlnet"):
