@@ -3,12 +3,11 @@
     python scripts/benchmark_downstream.py [--budget mini|default|full] [--out runs/benchmark_downstream]
                                            [--retrain] [--seed 0]
 
-``default`` should finish on 2 idle CPU cores in about an hour (estimated: the last measured run, at a quarter of the
-synthesis candidates and half the nnU-Net iterations, took 32 minutes); ``full`` (longer nnU-Net training, the
-original's synthesis settings, every mask) is meant for a GPU. ``--retrain`` trains the model zoo again
-(scripts/train_zoo.py) into <out>/zoo and uses it. Stages are resumable: run the same command again after
-an interruption. Writes benchmark.md (table), benchmark.json (every number and the config) and
-benchmark.png (bar chart).
+``default`` finishes on 2 idle CPU cores in about 85 minutes (measured: 5,046 s, most of it the eleven nnU-Net
+trainings); ``full`` (longer nnU-Net training, the original's synthesis settings, every mask) is meant for a GPU.
+``--retrain`` trains the model zoo again (scripts/train_zoo.py) into <out>/zoo and uses it. Stages are resumable:
+run the same command again after an interruption. Writes benchmark.md (table), benchmark.json (every number and
+the config) and benchmark.png (bar chart).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import pytest
 from mrgen.config import load_config
 from mrgen.pipeline.config import PipelineConfig
 from mrgen.pipeline.demo import run_pipeline
+from mrgen.pipeline.report import figure_records
 
 REPO = Path(__file__).resolve().parents[1]
 MINIATURE = ["synthesis.max_masks=4", "synthesis.max_tries_per_mask=2", "synthesis.num_images_per_prompt=2",
@@ -91,3 +92,9 @@ def test_benchmark_table_marks_a_condition_without_accepted_samples(tmp_path):
     row = next(line for line in table.read_text().splitlines() if line.startswith("| T1-InPhase -> T2-SPIR |"))
     assert row.split("|")[2:8] == [" 10.0 ", " 20.0 ", " n/a ", " 30.0 ", " n/a ", " 90.0 "]
     assert (tmp_path / "benchmark.png").is_file()
+
+
+def test_synthetic_figure_shows_accepted_samples_first_then_one_rejected_per_other_mask():
+    records = [{"mask_index": m, "try": t, "accepted": (m, t) == (2, 1)} for m in range(3) for t in range(3)]
+    shown = [(r["mask_index"], r["try"]) for r in figure_records(records)]
+    assert shown == [(2, 1), (0, 0), (1, 0)]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -181,7 +180,6 @@ def run_benchmark(config: BenchmarkConfig) -> Path:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "benchmark.yml", dump_yaml(config))
-    started = time.perf_counter()
     stages = ["dataset"] + [f"pair{i}_{s}" for i in range(len(config.pairs))
                             for s in ("test_set", "synthesis_main", "synthesis_no_target", *CONDITIONS)]
     runner = StageRunner(out, stages)
@@ -189,7 +187,7 @@ def run_benchmark(config: BenchmarkConfig) -> Path:
     modalities = sorted({m for p in config.pairs for m in (p.source, p.target)})
     runner.run("dataset", lambda: make_dataset(config.dataset, modalities, data))
     results = {pair.name: PairBenchmark(config, pair, i, data, runner).run() for i, pair in enumerate(config.pairs)}
-    return write_outputs(out, config, results, runner, time.perf_counter() - started)
+    return write_outputs(out, config, results, runner, runner.total_seconds)
 
 
 def write_outputs(out: Path, config: BenchmarkConfig, results: dict[str, dict[str, Any]], runner: StageRunner,
@@ -207,7 +205,7 @@ def write_outputs(out: Path, config: BenchmarkConfig, results: dict[str, dict[st
         present = {CONDITIONS[k]: r for k, r in by_condition.items() if evaluated(r)}
         lines += ["", f"## {pair}", "", "Dice (%):", "", organ_table(present, "dice"), "", "HD95 (mm):", "",
                   organ_table(present, "hd95"), "", cost_table(by_condition)]
-    lines += ["", f"Total time {seconds:.0f} s. Config: `benchmark.yml`; every number: `benchmark.json`; chart: `benchmark.png`."]
+    lines += ["", f"Total time {seconds:.0f} s (sum of the stages). Config: `benchmark.yml`; every number: `benchmark.json`; chart: `benchmark.png`."]
     write_chart(out / "benchmark.png", results)
     path = out / "benchmark.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
@@ -247,8 +245,9 @@ def write_chart(path: Path, results: dict[str, dict[str, Any]]) -> None:
     fig, ax = plt.subplots(figsize=(11, 4))
     width = 0.8 / max(1, len(results))
     for j, (pair, by_condition) in enumerate(results.items()):
-        values = [100 * by_condition[k]["mean"]["dice"] if evaluated(by_condition[k]) else np.nan for k in keys]
-        ax.bar(np.arange(len(keys)) + j * width, values, width, label=pair)
+        dice = [100 * by_condition[k]["mean"]["dice"] if evaluated(by_condition[k]) else None for k in keys]
+        bars = ax.bar(np.arange(len(keys)) + j * width, [d or 0.0 for d in dice], width, label=pair)
+        ax.bar_label(bars, labels=["n/a" if d is None else f"{d:.1f}" for d in dice], fontsize=7)
     ax.set_xticks(np.arange(len(keys)) + width * (len(results) - 1) / 2)
     ax.set_xticklabels([CONDITIONS[k] for k in keys], rotation=15, ha="right", fontsize=8)
     ax.set_ylabel("mean 3D Dice (%)")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +77,6 @@ def run_pipeline(config: PipelineConfig) -> Path:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "pipeline.yml", dump_yaml(config))
-    started = time.perf_counter()
     runner = StageRunner(out, stage_names(config))
     data = out / "phantom"
     runner.run("dataset", lambda: make_dataset(config.dataset, [config.source, config.target], data))
@@ -90,7 +88,7 @@ def run_pipeline(config: PipelineConfig) -> Path:
     if runner.results["synthesis"]["accepted"] == 0:
         log.warning("the quality filter accepted no synthetic sample, so there is nothing to train nnU-Net on; "
                     "report.md shows the mask-following numbers and filter scores")
-        return write_report(out, config, runner.results, time.perf_counter() - started)
+        return write_report(out, config, runner.results, runner.total_seconds)
 
     seg = config.segmentation
     work = NnUNetWork(out / "nnunet", seg, config.seed)
@@ -104,7 +102,7 @@ def run_pipeline(config: PipelineConfig) -> Path:
     runner.run("nnunet_train", lambda: work.train(train_id, "MRGenSynthetic"))
     test_dataset = Path(runner.results["nnunet_data"]["test"])
     runner.run("evaluation", lambda: work.predict_and_evaluate(train_id, "MRGenSynthetic", test_dataset, out / "evaluation"))
-    report = write_report(out, config, runner.results, time.perf_counter() - started)
+    report = write_report(out, config, runner.results, runner.total_seconds)
     log.info("report: %s", report)
     return report
 

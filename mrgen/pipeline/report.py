@@ -21,10 +21,23 @@ def _link(path: Path, out: Path) -> str:
     return os.path.relpath(path, out)
 
 
+def figure_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The accepted samples, then the first rejected candidate of each mask not yet shown, so that the
+    figure covers as many different masks as it can."""
+    accepted = [r for r in records if r["accepted"]]
+    shown_masks = {r["mask_index"] for r in accepted}
+    rejected = []
+    for r in records:
+        if not r["accepted"] and r["mask_index"] not in shown_masks:
+            shown_masks.add(r["mask_index"])
+            rejected.append(r)
+    return (accepted + rejected)[:SAMPLES_IN_FIGURE]
+
+
 def synthetic_figure(out: Path, records: list[dict[str, Any]]) -> Path | None:
     """Source slice with its mask | synthetic target slice | the same with the mask: the accepted samples
-    first, then rejected candidates to fill the figure (the row labels say which)."""
-    shown = sorted(records, key=lambda r: not r["accepted"])[:SAMPLES_IN_FIGURE]
+    first, then rejected candidates of other masks to fill the figure (the row labels say which)."""
+    shown = figure_records(records)
     if not shown:
         return None
     rows = []
@@ -52,7 +65,7 @@ def _pictures(out: Path, results: dict[str, dict[str, Any]], records: list[dict[
     if figure is not None:
         lines += [f"![synthetic samples]({_link(figure, out)})", "",
                   "Synthetic target-modality slices generated from source masks: accepted ones first, "
-                  "then rejected candidates.", ""]
+                  "then one rejected candidate of each further mask.", ""]
     lines += [f"![filter scores]({_link(out / 'synthesis' / 'filter_scores.png', out)})", "",
               "Quality-filter scores of every candidate, with the strict and relaxed thresholds.", ""]
     for stage in ("vae", "unet", "controlnet"):
@@ -71,7 +84,7 @@ def write_report(out: Path, config: Any, results: dict[str, dict[str, Any]], sec
     lines = [
         f"# MRGen end to end: {config.source} masks -> synthetic {config.target} -> nnU-Net -> real {config.target}",
         "",
-        f"Models: {models}. Total time {seconds:.0f} s (this invocation). Config: `pipeline.yml`.",
+        f"Models: {models}. Total time {seconds:.0f} s (sum of the stages). Config: `pipeline.yml`.",
         "",
         "## Counts and cost",
         "",

@@ -41,6 +41,11 @@ class StageRunner:
         self.results[name] = result
         return result
 
+    @property
+    def total_seconds(self) -> float:
+        """Compute time of the stages so far, whether they ran in this invocation or an earlier one."""
+        return sum(result["seconds"] for result in self.results.values())
+
 
 def run_command(command: Sequence[str], env: Mapping[str, str] | None = None, log_file: Path | None = None) -> None:
     """Run a CLI step; on failure the error names the command and where its output is."""
