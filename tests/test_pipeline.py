@@ -88,7 +88,7 @@ def test_benchmark_table_marks_a_condition_without_accepted_samples(tmp_path):
                                                "synthesis": synthesis, "seconds": 2.0},
                                          "d_unfiltered": {**evaluated(0.3), "synthesis": {**synthesis, "accepted": 0}},
                                          "d_no_target": None, "e": evaluated(0.9)}}
-    table = write_outputs(tmp_path, BenchmarkConfig(out=str(tmp_path)), results, StageRunner(tmp_path, []), 10.0)
+    table = write_outputs(tmp_path, BenchmarkConfig(out=str(tmp_path)), results, StageRunner(tmp_path, []))
     row = next(line for line in table.read_text().splitlines() if line.startswith("| T1-InPhase -> T2-SPIR |"))
     assert row.split("|")[2:8] == [" 10.0 ", " 20.0 ", " n/a ", " 30.0 ", " n/a ", " 90.0 "]
     assert (tmp_path / "benchmark.png").is_file()

@@ -187,11 +187,11 @@ def run_benchmark(config: BenchmarkConfig) -> Path:
     modalities = sorted({m for p in config.pairs for m in (p.source, p.target)})
     runner.run("dataset", lambda: make_dataset(config.dataset, modalities, data))
     results = {pair.name: PairBenchmark(config, pair, i, data, runner).run() for i, pair in enumerate(config.pairs)}
-    return write_outputs(out, config, results, runner, runner.total_seconds)
+    return write_outputs(out, config, results, runner)
 
 
-def write_outputs(out: Path, config: BenchmarkConfig, results: dict[str, dict[str, Any]], runner: StageRunner,
-                  seconds: float) -> Path:
+def write_outputs(out: Path, config: BenchmarkConfig, results: dict[str, dict[str, Any]], runner: StageRunner) -> Path:
+    seconds = runner.total_seconds
     atomic_write_json(out / "benchmark.json", {"config": to_dict(config), "results": results,
                                                "stage_seconds": {k: v["seconds"] for k, v in runner.results.items()},
                                                "seconds": seconds})
