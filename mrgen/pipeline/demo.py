@@ -88,7 +88,7 @@ def run_pipeline(config: PipelineConfig) -> Path:
     if runner.results["synthesis"]["accepted"] == 0:
         log.warning("the quality filter accepted no synthetic sample, so there is nothing to train nnU-Net on; "
                     "report.md shows the mask-following numbers and filter scores")
-        return write_report(out, config, runner.results, runner.total_seconds)
+        return write_report(out, config, runner)
 
     seg = config.segmentation
     work = NnUNetWork(out / "nnunet", seg, config.seed)
@@ -102,7 +102,7 @@ def run_pipeline(config: PipelineConfig) -> Path:
     runner.run("nnunet_train", lambda: work.train(train_id, "MRGenSynthetic"))
     test_dataset = Path(runner.results["nnunet_data"]["test"])
     runner.run("evaluation", lambda: work.predict_and_evaluate(train_id, "MRGenSynthetic", test_dataset, out / "evaluation"))
-    report = write_report(out, config, runner.results, runner.total_seconds)
+    report = write_report(out, config, runner)
     log.info("report: %s", report)
     return report
 

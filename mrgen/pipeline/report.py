@@ -11,6 +11,7 @@ from typing import Any
 from mrgen.io.atomic import atomic_write_text
 from mrgen.io.images import read_gray
 from mrgen.pipeline.segmentation import organ_table
+from mrgen.pipeline.stages import StageRunner
 from mrgen.synthesis import manifest
 from mrgen.viz import overlay, save_grid
 
@@ -75,7 +76,8 @@ def _pictures(out: Path, results: dict[str, dict[str, Any]], records: list[dict[
     return lines
 
 
-def write_report(out: Path, config: Any, results: dict[str, dict[str, Any]], seconds: float) -> Path:
+def write_report(out: Path, config: Any, runner: StageRunner) -> Path:
+    results = runner.results
     synthesis = results["synthesis"]
     records = manifest.read(out / "synthesis" / "manifest.jsonl")
     following = synthesis["mask_following"]
@@ -84,7 +86,7 @@ def write_report(out: Path, config: Any, results: dict[str, dict[str, Any]], sec
     lines = [
         f"# MRGen end to end: {config.source} masks -> synthetic {config.target} -> nnU-Net -> real {config.target}",
         "",
-        f"Models: {models}. Total time {seconds:.0f} s (sum of the stages). Config: `pipeline.yml`.",
+        f"Models: {models}. Total time {runner.total_seconds:.0f} s (sum of the stages). Config: `pipeline.yml`.",
         "",
         "## Counts and cost",
         "",
