@@ -11,6 +11,7 @@ import pytest
 from mrgen.data.index import load_index
 from mrgen.data.preprocess import preprocess_image, preprocess_mask
 from mrgen.filtering.offline import OfflineFilter
+from mrgen.filtering.mask_following import mask_following
 from mrgen.io.images import read_gray
 from mrgen.synthesis import manifest
 from mrgen.synthesis.run import SynthesisOptions, synthesize
@@ -152,3 +153,18 @@ def test_sam2_path_runs_with_random_weights_and_needs_a_checkpoint(phantom, tmp_
         sam2.prompt = prompt
         scores = sam2.score(image, masks)
         assert len(scores.organ_iou) == 4 and all(0 <= v <= 1 for v in scores.organ_iou)
+
+
+def test_mask_following_scores_own_masks_high_shuffled_at_the_floor_and_reports_polarity(phantom):
+    slices = [(image, masks) for image, masks in _phantom_t2(phantom) if any(m.any() for m in masks)]
+    images, masks = [s[0] for s in slices], [s[1] for s in slices]
+    organs = ["liver", "right kidney", "left kidney", "spleen"]
+    real = mask_following(images, masks, organs)
+    own, floor = real.own["all"], real.floor["all"]
+    assert own.count >= 10 and own.fraction_above > 0.6 and floor.fraction_above < 0.15
+    assert own.mean_iou > floor.mean_iou + 0.3
+    assert own.fraction_brighter > 0.8  # T2-SPIR organs are bright
+    inverted = mask_following([255 - image for image in images], masks, organs).own["all"]
+    assert inverted.fraction_brighter < 0.2  # the polarity flips ...
+    assert abs(inverted.mean_iou - own.mean_iou) < 0.1  # ... while the IoU barely notices
+    assert "| brighter than surroundings |" in real.table()

@@ -104,7 +104,9 @@ def write_report(out: Path, config: Any, runner: StageRunner) -> Path:
         "## Mask-following",
         "",
         "Per-organ IoU of the synthetic images against their condition masks, beside the same images scored",
-        "against another sample's masks (the floor: what an image that ignores its mask still scores).",
+        "against another sample's masks (the floor: what an image that ignores its mask still scores). IoU says",
+        "where organs are, not how they look; the last column, the fraction of organs brighter than a ring around",
+        "them, shows their contrast polarity: compare it with the real target slices above.",
         "",
     ]
     for subset, table in following.items():

@@ -247,7 +247,8 @@ class ControlNetStage:
                         f"their own: the ControlNet uses the mask).\n")
         own, floor = result.own["all"], result.floor["all"]
         return {"mask_iou": own.mean_iou, "mask_iou_floor": floor.mean_iou,
-                "mask_fraction_above_0.7": own.fraction_above, "mask_fraction_above_0.7_floor": floor.fraction_above}
+                "mask_fraction_above_0.7": own.fraction_above, "mask_fraction_above_0.7_floor": floor.fraction_above,
+                "mask_fraction_brighter": own.fraction_brighter}
 
     def export(self, model: ControlNetModel, folder: Path) -> None:
         model.save_pretrained(folder / CONTROLNET)
