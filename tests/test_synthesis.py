@@ -10,8 +10,8 @@ import pytest
 
 from mrgen.data.index import load_index
 from mrgen.data.preprocess import preprocess_image, preprocess_mask
-from mrgen.filtering.offline import OfflineFilter
 from mrgen.filtering.mask_following import mask_following
+from mrgen.filtering.offline import OfflineFilter
 from mrgen.io.images import read_gray
 from mrgen.synthesis import manifest
 from mrgen.synthesis.run import SynthesisOptions, synthesize
