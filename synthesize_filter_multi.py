@@ -17,9 +17,9 @@ from mrgen.synthesis.run import SynthesisOptions, synthesize
 
 def parse_args(argv: list[str] | None = None) -> SynthesisOptions:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="pipeline folder with vae/, unet/, scheduler/, controlnet/ (ours or the released MRGen layout)")
+    p.add_argument("--ckpt", required=True, help="pipeline folder with vae/, unet/, scheduler/ and controlnet/ (ours or the released MRGen layout) or organ_attention/ (train_organ_attention.py)")
     p.add_argument("--log_dir", required=True, help="output folder (created; a run there resumes)")
-    p.add_argument("--config", required=True, help="the pair's ControlNet config (training_configs/controlnet/<pair>.yml)")
+    p.add_argument("--config", required=True, help="the pair's ControlNet or organ-attention config (training_configs/controlnet/<pair>.yml)")
     p.add_argument("--modality", default=None, help="target modality: registry key or short name (T2-SPIR, T1-InPhase, ...); default: the pair's target")
     p.add_argument("--controlnet", default=None, help="ControlNet folder if not <ckpt>/controlnet (e.g. controlnet_model_zoo/<pair>)")
     p.add_argument("--channels", type=int, default=1, help="condition channels: 1 = intensity-coded mask, K = one-hot (must match the pair config)")

@@ -173,6 +173,29 @@ class ControlNetConfig(StageConfig):
     validation: ValidationSection = field(default_factory=lambda: ValidationSection(guidance_scale=6.0))
 
 
+@dataclass
+class OrganAttentionSection:
+    """The organ-word attention stage (mrgen.training.organ_attention_stage; docs/mask_following.md round 12)."""
+
+    initial_weight: float = 10.0  # w of every cross-attention layer before training
+    weight_learning_rate: float = 1e-2  # for the per-layer weights w (train.learning_rate is the UNet's)
+    trained: Literal["cross_attention", "unet"] = "cross_attention"  # which UNet parameters are trained with w
+    self_samples: int = 800  # training source masks rendered in the target modality with the untrained bias
+    min_iou: float = 0.45  # a self-sample is kept when its organs' mean IoU with their masks reaches this
+    sampling_steps: int = 20  # DPM-Solver++ steps for the self-samples
+    guidance_scale: float = 6.0
+    sampling_batch: int = 8
+
+
+@dataclass
+class OrganAttentionConfig(StageConfig):
+    model: DiffusionModelSection = field(default_factory=DiffusionModelSection)
+    data: PairConfig | None = None  # required: the source/target pair
+    train: DiffusionTrainSection = field(default_factory=DiffusionTrainSection)
+    validation: ValidationSection = field(default_factory=lambda: ValidationSection(guidance_scale=6.0))
+    organ_attention: OrganAttentionSection = field(default_factory=OrganAttentionSection)
+
+
 # --------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Does a trained ControlNet put the organs where its condition masks say?
+"""Does a trained ControlNet (or organ attention) put the organs where its condition masks say?
 
 Samples one target-modality image per held-out source mask (DPM-Solver++, classifier-free guidance,
 per-mask seeds from ``mrgen.synthesis.seeds``), scores each organ with the offline segmenter against
@@ -35,7 +35,7 @@ from mrgen.filtering.mask_following import mask_following  # noqa: E402
 from mrgen.io.atomic import atomic_write_json  # noqa: E402
 from mrgen.io.images import read_gray  # noqa: E402
 from mrgen.models.pipeline_folder import load_pipeline_components  # noqa: E402
-from mrgen.synthesis.sampler import ControlNetSampler, make_scheduler  # noqa: E402
+from mrgen.synthesis.sampler import MaskSampler, make_mask_sampler  # noqa: E402
 from mrgen.synthesis.seeds import candidate_seed  # noqa: E402
 from mrgen.training.controlnet_stage import PAIR_FILE, load_pair  # noqa: E402
 from mrgen.viz import overlay, save_grid  # noqa: E402
@@ -45,7 +45,7 @@ GRID_ROWS = 8
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", help="pipeline folder (vae/, unet/, scheduler/, text_encoder.json, controlnet/)")
+    p.add_argument("--ckpt", help="pipeline folder (vae/, unet/, scheduler/, text_encoder.json, and controlnet/ or organ_attention/)")
     p.add_argument("--controlnet", help="a ControlNet folder (default: <ckpt>/controlnet)")
     p.add_argument("--config", required=True, help="the pair config (training_configs/controlnet/<pair>.yml)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -90,14 +90,10 @@ def trained_encoding(pair: PairConfig, args: argparse.Namespace) -> PairConfig:
     return pair
 
 
-def make_sampler(args: argparse.Namespace) -> ControlNetSampler:
+def make_sampler(args: argparse.Namespace, pair: PairConfig) -> MaskSampler:
     parts = load_pipeline_components(args.ckpt, controlnet_path=args.controlnet)
-    if parts.unet is None or parts.controlnet is None or parts.scheduler_config is None:
-        raise ValueError(f"{args.ckpt} must hold vae/, unet/, scheduler/ and a ControlNet")
-    return ControlNetSampler(parts.vae, parts.unet, parts.controlnet, parts.text_encoder,
-                             make_scheduler("dpm-solver++", parts.scheduler_config), args.steps,
-                             args.guidance_scale, args.conditioning_scale,
-                             control_conditional_only=args.control_conditional_only)
+    return make_mask_sampler(parts, pair.organs, "dpm-solver++", args.steps, args.guidance_scale,
+                             args.conditioning_scale, args.control_conditional_only)
 
 
 
@@ -115,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     registry = load_registry()
     modality = args.modality or pair.target_modality
     size = 64
-    sampler = None if args.real else make_sampler(args)
+    sampler = None if args.real else make_sampler(args, pair)
     if sampler is not None:
         size = int(sampler.vae.config.sample_size)
     entries = pick_entries(pair, index, args.masks)
@@ -129,7 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
             images.append(sources[-1])
             continue
         prompt = pair_prompt(pair, registry, entry, modality)
-        sample = sampler.generate(torch.from_numpy(condition), prompt, [candidate_seed(args.seed, i, 0)])[0]
+        sample = sampler.generate(torch.from_numpy(condition), prompt, [candidate_seed(args.seed, i, 0)], masks[-1])[0]
         images.append(signed_to_uint8(sample[0].numpy()))
     sampling_s = time.perf_counter() - started
     result = mask_following(images, masks, pair.organs, seed=args.seed)

@@ -1,4 +1,4 @@
-"""The three training stages on tiny models and a toy dataset, on CPU.
+"""The training stages on tiny models and a toy dataset, on CPU.
 
 Each stage trains a few steps and its output loads with stock diffusers; a resumed run equals a straight
 one; accumulation equals a bigger batch; a kill during a checkpoint save never leaves a half checkpoint
@@ -25,11 +25,12 @@ from diffusers import AutoencoderKL, ControlNetModel, DDPMScheduler, UNet2DCondi
 from safetensors.torch import load_file
 
 from conftest import ORGANS, make_toy_index
-from mrgen.config import (ControlNetConfig, DiffusionModelSection, DiffusionTrainSection, ImageTextData, UNetConfig,
-                          ValidationSection, VAEConfig, VAEModelSection, VAETrainSection, dump_yaml)
+from mrgen.config import (ControlNetConfig, DiffusionModelSection, DiffusionTrainSection, ImageTextData,
+                          OrganAttentionConfig, OrganAttentionSection, UNetConfig, ValidationSection, VAEConfig,
+                          VAEModelSection, VAETrainSection, dump_yaml)
 from mrgen.data.datasets import ImageTextDataset, PairConfig
-from mrgen.models import TextEncoderError, build_from_config
-from mrgen.training import checkpoints, train_controlnet, train_unet, train_vae
+from mrgen.models import ORGAN_ATTENTION, TextEncoderError, build_from_config, load_pretrained
+from mrgen.training import checkpoints, train_controlnet, train_organ_attention, train_unet, train_vae
 from mrgen.training.cli import main
 from mrgen.training.diffusion import diffusion_loss, organ_weight_map, predicted_x0, training_schedule
 from mrgen.training.latent_cache import CachedLatentDataset, LatentCache
@@ -138,6 +139,34 @@ def test_controlnet_stage_trains_from_the_unet(toy_data, unet_pipeline: Path, tm
     following = (tmp_path / "validation" / "mask_following.md").read_text()
     assert "## step 2" in following and "IoU vs shuffled mask (floor)" in following
     assert "Clean-latent error of the source slices" in following
+
+
+def test_organ_attention_stage_self_trains_only_cross_attention_and_resumes(toy_data, unet_pipeline: Path,
+                                                                            tmp_path: Path) -> None:
+    def config(steps: int) -> OrganAttentionConfig:
+        return OrganAttentionConfig(
+            name="toy_oa", output_dir=str(tmp_path), seed=0, data=toy_pair(toy_data),
+            model=DiffusionModelSection(config_path=TINY, pretrained_model_path=str(unet_pipeline)),
+            train=diffusion_train(max_train_steps=steps, checkpointing_steps=1), validation=VALIDATION,
+            organ_attention=OrganAttentionSection(self_samples=3, min_iou=0.0, sampling_steps=2, sampling_batch=2))
+
+    pipeline = train_organ_attention(config(2))
+    assert load_pretrained(pipeline, ORGAN_ATTENTION).weight.ne(10.0).all()
+    start = load_file(unet_pipeline / "unet" / "diffusion_pytorch_model.safetensors")
+    trained = load_file(pipeline / "unet" / "diffusion_pytorch_model.safetensors")
+    changed = {k for k in start if not torch.equal(start[k], trained[k])}
+    assert changed and all(".attn2." in k for k in changed)
+    for name in ("vae", "scheduler", "pair.json", "text_encoder.json"):
+        assert (pipeline / name).exists(), name
+    samples = tmp_path / "self_samples"
+    assert json.loads((samples / "summary.json").read_text())["masks"] == 3
+    assert (samples / "examples.png").is_file() and (tmp_path / "validation" / "mask_following.md").is_file()
+    chunk = (samples / "chunk_00000.npz").stat().st_mtime_ns
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    train_organ_attention(config(3), resume="latest")
+    assert (samples / "chunk_00000.npz").stat().st_mtime_ns == chunk  # not sampled again
+    assert checkpoints.list_checkpoints(tmp_path / "checkpoints")[-1].name == "checkpoint-3"
 
 
 def test_condition_embedding_init_default_lets_the_mask_in_from_step_0(toy_data, unet_pipeline: Path,

@@ -178,7 +178,7 @@ class OrganAttention:
     def conditioned(self, prompts: Sequence[str | None], organ_masks: torch.Tensor | np.ndarray) -> Iterator[None]:
         """Bias the UNet calls inside by ``organ_masks`` (B, organs, H, W), B = len(prompts); ``None`` prompts
         (dropped for classifier-free guidance) are not biased."""
-        masks = torch.as_tensor(np.asarray(organ_masks) if not torch.is_tensor(organ_masks) else organ_masks)
+        masks = organ_masks if torch.is_tensor(organ_masks) else torch.from_numpy(np.array(organ_masks, dtype=bool))
         if masks.ndim != 4 or masks.shape[:2] != (len(prompts), len(self.organs)):
             raise ValueError(f"organ masks must be (batch {len(prompts)}, organs {len(self.organs)}, H, W); "
                              f"got {tuple(masks.shape)}")

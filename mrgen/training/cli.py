@@ -1,4 +1,4 @@
-"""The command line of the three training scripts: ``--config``, ``--resume`` and ``key=value`` overrides."""
+"""The command line of the training scripts: ``--config``, ``--resume`` and ``key=value`` overrides."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from mrgen.config import ConfigError, ControlNetConfig, UNetConfig, VAEConfig, load_config
+from mrgen.config import ConfigError, ControlNetConfig, OrganAttentionConfig, UNetConfig, VAEConfig, load_config
 from mrgen.training.controlnet_stage import train_controlnet
+from mrgen.training.organ_attention_stage import train_organ_attention
 from mrgen.training.unet_stage import train_unet
 from mrgen.training.vae_stage import train_vae
 
@@ -16,6 +17,8 @@ STAGES: dict[str, tuple[type, Callable, str]] = {
     "vae": (VAEConfig, train_vae, "Stage 1: train the 1-channel KL-VAE."),
     "unet": (UNetConfig, train_unet, "Stage 2: train the text-conditioned latent-diffusion UNet."),
     "controlnet": (ControlNetConfig, train_controlnet, "Stage 3: train the mask-conditioned ControlNet of one pair."),
+    "organ_attention": (OrganAttentionConfig, train_organ_attention,
+                        "Stage 3b (an alternative to the ControlNet): self-train the organ-word attention of one pair."),
 }
 
 

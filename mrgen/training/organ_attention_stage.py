@@ -1,0 +1,303 @@
+"""Stage 3b: organ-word attention, self-trained on its own target-modality samples (docs/mask_following.md round 12).
+
+An alternative to the ControlNet stage that keeps the target modality's look. Starting from the trained UNet
+with the organ-word bias attached untrained (``mrgen.models.organ_attention``, every layer's ``w`` at
+``organ_attention.initial_weight``):
+
+1. *self-samples*: ``organ_attention.self_samples`` annotated training source masks are rendered with the
+   **target** prompt and the bias (DPM-Solver++, classifier-free guidance); the offline segmenter scores each
+   against its masks and the ones whose organs' mean IoU reaches ``organ_attention.min_iou`` are kept. They are
+   written in chunks under ``<output_dir>/self_samples/`` (a killed run keeps the finished chunks), with a
+   picture of kept and rejected samples.
+2. *training*: the UNet's cross-attention layers (or the whole UNet) and ``w`` learn, through the shared loop
+   (``mrgen.training.harness``), the usual diffusion loss on batches that are half kept self-samples (target
+   prompt, biased by their masks) and half real unannotated target slices (target prompt, unbiased, so the
+   look stays anchored to real target images). The source slices themselves are never trained on: a model
+   taught placement from source images ties it to the source look and prompt (round 11).
+
+The pipeline folder holds ``unet/`` (trained), ``organ_attention/`` (the weights ``w``), ``vae/``, ``scheduler/``,
+``text_encoder.json`` and ``pair.json``; synthesis uses the bias whenever the folder has ``organ_attention/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from mrgen.config import OrganAttentionConfig
+from mrgen.data.datasets import PairConfig, PairDataset, load_condition, pair_prompt
+from mrgen.data.preprocess import signed_to_uint8
+from mrgen.data.prompts import EMPTY_PROMPT
+from mrgen.filtering.mask_following import mask_following
+from mrgen.filtering.offline import OfflineFilter
+from mrgen.io.atomic import atomic_write_json
+from mrgen.models.builders import ORGAN_ATTENTION, UNET, VAE, load_pretrained, noise_scheduler, sampling_scheduler, \
+    vae_scale_factor
+from mrgen.models.organ_attention import OrganAttention, OrganAttentionWeights, new_organ_attention_weights
+from mrgen.models.pipeline_folder import export_frozen, write_text_encoder
+from mrgen.models.sampling import denoise
+from mrgen.synthesis.sampler import make_scheduler
+from mrgen.synthesis.seeds import candidate_seed, initial_noise
+from mrgen.training.controlnet_stage import PAIR_FILE, text_encoder_of
+from mrgen.training.data import registry_for
+from mrgen.training.diffusion import (Latents, Noiser, check_width, drop_prompts, freeze, generate,
+                                      require_pretrained_path, shared_prompt_embeddings, training_schedule,
+                                      weight_dtype, write_scheduler)
+from mrgen.training.harness import run_training
+from mrgen.training.visuals import colour_masks, outline_masks, save_grid, to_unit
+
+log = logging.getLogger(__name__)
+SELF_SAMPLES_DIR = "self_samples"
+CHUNK = 50  # self-sample masks per file
+
+
+def organ_masks(pair: PairConfig, condition: np.ndarray) -> np.ndarray:
+    """An encoded condition -> (organs, S, S) bool, all False for an organ the slice lacks."""
+    decoded = pair.encoding.decode(condition, len(pair.organs))
+    return np.stack([np.zeros(condition.shape[-2:], bool) if m is None else np.asarray(m, bool) for m in decoded])
+
+
+def mean_present_iou(ious: list[float], masks: np.ndarray) -> float:
+    values = [v for v, m in zip(ious, masks) if m.any()]
+    return float(np.mean(values)) if values else 0.0
+
+
+class BiasedUNet(torch.nn.Module):
+    """UNet and organ-attention weights as the one prepared module; ``forward`` biases by the batch's masks."""
+
+    def __init__(self, attention: OrganAttention):
+        super().__init__()
+        self.unet, self.weights = attention.unet, attention.weights
+        self.attention = attention
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
+                biased_prompts: list[str | None], masks: torch.Tensor) -> torch.Tensor:
+        with self.attention.conditioned(biased_prompts, masks):
+            return self.unet(noisy, timesteps, encoder_hidden_states=context).sample
+
+
+class SelfTrainingDataset(Dataset):
+    """Kept self-samples and real target slices, one to one: index ``2k`` a self-sample, ``2k + 1`` a target
+    slice, each list cycled up to the longer one."""
+
+    def __init__(self, samples: dict[str, np.ndarray], targets: PairDataset, organs: int, size: int):
+        self.samples, self.targets = samples, targets
+        self.n_self, self.n_target = len(samples["images"]), len(targets.targets)
+        if self.n_self == 0:
+            raise ValueError("no self-sample reached organ_attention.min_iou; lower it or sample more masks")
+        if self.n_target == 0:
+            raise ValueError(f"pair {targets.pair.name}: organ attention needs unannotated target slices "
+                             f"(data.target_indexes, data.use_target_images=true)")
+        self.empty_masks = torch.zeros(organs, size, size, dtype=torch.bool)
+
+    def __len__(self) -> int:
+        return 2 * max(self.n_self, self.n_target)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        if i % 2 == 0:
+            k = (i // 2) % self.n_self
+            image = torch.from_numpy(self.samples["images"][k]).float()[None] / 127.5 - 1.0
+            return {"image": image, "prompt": str(self.samples["prompts"][k]), "biased": True,
+                    "organ_masks": torch.from_numpy(self.samples["masks"][k])}
+        item = self.targets[len(self.targets.sources) + (i // 2) % self.n_target]
+        return {"image": item["image"], "prompt": item["prompt"], "biased": False, "organ_masks": self.empty_masks}
+
+
+class OrganAttentionStage:
+    name = UNET  # the trained model (its cross-attention layers); w is a companion
+
+    def __init__(self, config: OrganAttentionConfig, accelerator: Accelerator, output_dir: Path):
+        if config.data is None:
+            raise ValueError("the organ attention stage needs a data: section (the source/target pair); see "
+                             "training_configs/organ_attention/*.yml")
+        self.config, self.accelerator, self.pair = config, accelerator, config.data
+        self.options = options = config.organ_attention
+        model, train = config.model, config.train
+        self.pretrained = require_pretrained_path(model, "organ attention", "the trained vae/ and unet/")
+        self.dtype = weight_dtype(accelerator)
+        self.vae = freeze(load_pretrained(self.pretrained, VAE), accelerator.device, self.dtype)
+        self.resolution = model.resolution or int(self.vae.config.sample_size)
+        self.latent_size = self.resolution // vae_scale_factor(self.vae.config)
+        self.scheduler_config = training_schedule(self.pretrained, model)
+        self.text_spec = text_encoder_of(self.pretrained, model.text_encoder, model.text_encoder_path)
+        start = model.init_from or self.pretrained
+        unet = load_pretrained(start, UNET).to(accelerator.device)
+        weights = load_pretrained(model.init_from, ORGAN_ATTENTION) if model.init_from else \
+            new_organ_attention_weights(unet, options.initial_weight)
+        self.weights: OrganAttentionWeights = weights.to(accelerator.device)
+        self.attention = OrganAttention(unet, self.weights, self.text_spec.load().tokenizer, self.pair.organs,
+                                        self.scheduler_config["num_train_timesteps"])
+        self._select_trained(unet)
+        self.trained_model = unet
+        self.module = BiasedUNet(self.attention)
+        self.companions = {ORGAN_ATTENTION: (self.weights, options.weight_learning_rate)}
+
+        pairs = PairDataset(self.pair, self.resolution, registry_for(config.modality_attributes), prompt_dropout=0.0,
+                            seed=config.seed)
+        self.prompts = shared_prompt_embeddings(accelerator, self.text_spec, pairs.prompts, self.dtype)
+        check_width(unet.config, self.prompts, self.text_spec)
+        folder = output_dir / SELF_SAMPLES_DIR
+        if accelerator.is_main_process:
+            self._render_self_samples(pairs, folder)
+        accelerator.wait_for_everyone()
+        kept = kept_self_samples(folder, options.min_iou)
+        log.info("self-samples: %d of %d kept (mean organ IoU >= %g)", len(kept["images"]), options.self_samples,
+                 options.min_iou)
+        self.train_dataset = SelfTrainingDataset(kept, pairs, len(self.pair.organs), self.resolution)
+        self.noiser = Noiser(Latents(self.vae, cached=False), noise_scheduler(self.scheduler_config), self.prompts,
+                             dataclasses.replace(train, prompt_dropout=0.0))
+        self.validation_items = pairs.validation_items(max(config.validation.num_images,
+                                                           config.validation.mask_following_images))
+
+    def _select_trained(self, unet) -> None:
+        trains_all = self.options.trained == "unet"
+        unet.requires_grad_(False)
+        for name, parameter in unet.named_parameters():
+            if trains_all or ".attn2." in name:
+                parameter.requires_grad_(True)
+        self.weights.requires_grad_(True)
+        unet.train()
+
+    # ----- self-samples --------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _render_self_samples(self, pairs: PairDataset, folder: Path) -> None:
+        options = self.options
+        picks = np.random.default_rng(self.config.seed).permutation(len(pairs.sources))[:options.self_samples]
+        chunks = [picks[i:i + CHUNK] for i in range(0, len(picks), CHUNK)]
+        todo = [c for c in range(len(chunks)) if not _chunk_path(folder, c).is_file()]
+        if not todo:
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        scheduler = make_scheduler("dpm-solver++", self.scheduler_config)
+        encoder_null = self.prompts([EMPTY_PROMPT])
+        scorer = OfflineFilter()
+        self.trained_model.eval()
+        bar = tqdm(total=sum(len(chunks[c]) for c in todo), desc="organ attention self-samples", unit="mask")
+        for c in todo:
+            records: dict[str, list] = {"index": [], "images": [], "masks": [], "prompts": [], "iou": []}
+            for start in range(0, len(chunks[c]), options.sampling_batch):
+                batch = [int(i) for i in chunks[c][start:start + options.sampling_batch]]
+                entries = [pairs.sources[i] for i in batch]
+                masks = np.stack([organ_masks(self.pair, load_condition(self.pair, e, self.resolution))
+                                  for e in entries])
+                prompts = [pair_prompt(self.pair, pairs.registry, e, self.pair.target_modality) for e in entries]
+                latents = initial_noise([candidate_seed(self.config.seed, i, 0) for i in batch],
+                                        (self.trained_model.config.in_channels, self.latent_size, self.latent_size))
+                with self.attention.conditioned(prompts, masks):
+                    images = denoise(self.trained_model, self.vae, scheduler, latents.to(self.accelerator.device, self.dtype),
+                                     self.prompts(prompts), encoder_null, options.sampling_steps, options.guidance_scale)
+                for i, image, mask, prompt in zip(batch, images, masks, prompts):
+                    image = signed_to_uint8(image[0].numpy())
+                    records["index"].append(i)
+                    records["images"].append(image)
+                    records["masks"].append(mask)
+                    records["prompts"].append(prompt)
+                    records["iou"].append(mean_present_iou(scorer.score(image, list(mask)).organ_iou, mask))
+                bar.update(len(batch))
+            _write_chunk(_chunk_path(folder, c), {k: np.asarray(v) for k, v in records.items()})
+        bar.close()
+        self.trained_model.train()
+        self._summarise_self_samples(folder)
+
+    def _summarise_self_samples(self, folder: Path) -> None:
+        everything = load_self_samples(folder)
+        iou = everything["iou"]
+        kept = iou >= self.options.min_iou
+        atomic_write_json(folder / "summary.json", {
+            "masks": int(len(iou)), "kept": int(kept.sum()), "min_iou": self.options.min_iou,
+            "mean_iou": float(iou.mean()), "iou_quartiles": [float(q) for q in np.quantile(iou, [0.25, 0.5, 0.75])]})
+        rows = []
+        for label, chosen in (("kept", np.flatnonzero(kept)[:6]), ("rejected", np.flatnonzero(~kept)[:6])):
+            for k in chosen:
+                image = everything["images"][k].astype(np.float32) / 255.0
+                rows.append([colour_masks(list(everything["masks"][k]), image.shape), image,
+                             outline_masks(image, list(everything["masks"][k]))])
+        if rows:
+            save_grid(folder / "examples.png", rows, column_titles=["mask", "self-sample", "with outlines"],
+                      title=f"{self.pair.name}: self-samples, kept (IoU >= {self.options.min_iou:g}) first: "
+                            f"{int(kept.sum())} of {len(iou)}")
+
+    # ----- training --------------------------------------------------------------------------------------
+    def loss(self, module: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        prompts = drop_prompts(batch["prompt"], self.config.train.prompt_dropout)
+        noisy, timesteps, target, context = self.noiser({**batch, "prompt": prompts})
+        biased = [p if b and p != EMPTY_PROMPT else None for p, b in zip(prompts, batch["biased"].tolist())]
+        prediction = module(noisy.to(self.dtype), timesteps, context, biased, batch["organ_masks"])
+        return self.noiser.loss(prediction, target, timesteps)
+
+    def _samples(self, prompts: list[str], masks: np.ndarray) -> torch.Tensor:
+        validation = self.config.validation
+        with self.attention.conditioned(prompts, masks):
+            return generate(self.trained_model, self.vae, sampling_scheduler(self.scheduler_config),
+                            self.prompts(prompts), self.prompts([EMPTY_PROMPT]), self.latent_size,
+                            validation.num_inference_steps, validation.guidance_scale, seed=self.config.seed)
+
+    def validate(self, model, step: int, folder: Path) -> dict[str, float]:
+        """Training source masks rendered with the target prompt: a grid, and scored against their own and
+        against shuffled masks (mrgen.filtering.mask_following)."""
+        items = self.validation_items
+        masks = np.stack([organ_masks(self.pair, item[0].numpy()) for item in items])
+        samples = self._samples([item[2] for item in items], masks)
+        shown = self.config.validation.num_images
+        rows = [[colour_masks(list(m), m.shape[-2:]), to_unit(s), outline_masks(to_unit(s), list(m))]
+                for m, s in list(zip(masks, samples))[:shown]]
+        save_grid(folder / f"step_{step:07d}.png", rows,
+                  column_titles=["condition mask", f"sample ({self.pair.target_modality})", "with outlines"],
+                  title=f"{self.pair.name} organ attention step {step}, w = "
+                        f"{', '.join(f'{w:.1f}' for w in self.weights.weight.tolist())}")
+        if len(items) < 2 or self.config.validation.mask_following_images < 2:
+            return {}
+        result = mask_following([signed_to_uint8(s[0].numpy()) for s in samples], [list(m) for m in masks],
+                                self.pair.organs, seed=self.config.seed)
+        with open(folder / "mask_following.md", "a", encoding="utf-8") as table:
+            table.write(f"\n## step {step} ({len(samples)} target-prompt samples)\n\n{result.table()}\n")
+        own, floor = result.own["all"], result.floor["all"]
+        return {"mask_iou": own.mean_iou, "mask_iou_floor": floor.mean_iou,
+                "mask_fraction_above_0.7": own.fraction_above, "mask_fraction_above_0.7_floor": floor.fraction_above,
+                "mask_fraction_brighter": own.fraction_brighter}
+
+    def export(self, model, folder: Path) -> None:
+        model.save_pretrained(folder / UNET)
+        self.weights.save_pretrained(folder / ORGAN_ATTENTION)
+        export_frozen(self.pretrained, folder, (VAE,))
+        write_scheduler(folder, self.scheduler_config)
+        write_text_encoder(folder, self.text_spec)
+        atomic_write_json(folder / PAIR_FILE, dataclasses.asdict(self.pair))
+
+
+def _chunk_path(folder: Path, chunk: int) -> Path:
+    return folder / f"chunk_{chunk:05d}.npz"
+
+
+def _write_chunk(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    partial = path.with_suffix(".partial.npz")
+    np.savez(partial, **arrays)
+    partial.replace(path)
+
+
+def load_self_samples(folder: Path) -> dict[str, np.ndarray]:
+    chunks = sorted(folder.glob("chunk_?????.npz"))
+    if not chunks:
+        raise FileNotFoundError(f"{folder}: no self-sample chunks; the organ attention stage writes them first")
+    loaded = [dict(np.load(path)) for path in chunks]
+    return {key: np.concatenate([chunk[key] for chunk in loaded]) for key in loaded[0]}
+
+
+def kept_self_samples(folder: Path, min_iou: float) -> dict[str, np.ndarray]:
+    everything = load_self_samples(folder)
+    keep = everything["iou"] >= min_iou
+    return {key: value[keep] for key, value in everything.items()}
+
+
+def train_organ_attention(config: OrganAttentionConfig, resume: str | None = None) -> Path:
+    """Self-train a pair's organ-word attention; returns its pipeline folder."""
+    output_dir = Path(config.output_dir)
+    return run_training(config, lambda accelerator: OrganAttentionStage(config, accelerator, output_dir), resume)

@@ -1,0 +1,146 @@
+"""Organ-word attention (mrgen.models.organ_attention) and synthesis through it, with tiny random-weight models."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mrgen.models.builders import ORGAN_ATTENTION, UNET, load_pretrained
+from mrgen.models.organ_attention import (OrganAttention, cross_attention_layers, new_organ_attention_weights,
+                                          organ_token_matrix)
+from mrgen.models.pipeline_folder import load_pipeline_components
+from mrgen.models.text_encoders import load_text_encoder
+from mrgen.synthesis.run import SynthesisOptions, synthesize
+
+ORGANS = ["liver", "right kidney", "left kidney", "spleen", "kidney"]
+PROMPT = "T2 SPIR Abdomen MRI, abdomen, liver, right kidney, left kidney, spleen, kidney"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_text_encoder("minilm").tokenizer
+
+
+def _words(tokenizer, row: torch.Tensor) -> str:
+    ids = tokenizer(PROMPT, padding="max_length", max_length=row.shape[-1], truncation=True)["input_ids"]
+    return tokenizer.convert_tokens_to_string([tokenizer.convert_ids_to_tokens(i) for i, on in zip(ids, row) if on])
+
+
+def test_each_organ_claims_exactly_its_own_words(tokenizer) -> None:
+    matrix = organ_token_matrix(tokenizer, [PROMPT, None], ORGANS, 77)
+    assert [_words(tokenizer, matrix[0, o]) for o in range(len(ORGANS))] == \
+        ["liver", "right kidney", "left kidney", "spleen", "kidney"]
+    assert matrix[0, 4].sum() == 1  # "kidney" alone: its last mention, not inside "left kidney"
+    assert matrix[1].sum() == 0  # a dropped prompt is not biased
+    assert organ_token_matrix(tokenizer, ["T1 MRI, abdomen, liver"], ORGANS, 77)[0, 1:].sum() == 0  # not named
+
+
+def _attention(pipeline: Path, tokenizer, weight: float):
+    unet = load_pretrained(pipeline, UNET).eval()
+    weights = new_organ_attention_weights(unet, weight)
+    return unet, OrganAttention(unet, weights, tokenizer, ORGANS[:4])
+
+
+def _call(unet, masks: np.ndarray | None, attention=None) -> torch.Tensor:
+    torch.manual_seed(0)
+    latents, context = torch.randn(2, 4, 8, 8), torch.randn(2, 77, unet.config.cross_attention_dim)
+    with torch.no_grad():
+        if attention is None:
+            return unet(latents, 500, encoder_hidden_states=context).sample
+        with attention.conditioned([PROMPT, PROMPT], masks):
+            return unet(latents, 500, encoder_hidden_states=context).sample
+
+
+def test_zero_weight_or_no_masks_is_the_stock_unet_and_the_bias_changes_it(pipeline: Path, tokenizer) -> None:
+    stock = load_pretrained(pipeline, UNET).eval()
+    masks = np.zeros((2, 4, 32, 32), bool)
+    masks[:, 0, :16, :16] = True
+    expected = _call(stock, None)
+    unet, attention = _attention(pipeline, tokenizer, 0.0)
+    torch.testing.assert_close(_call(unet, masks, attention), expected, rtol=1e-4, atol=1e-5)
+    unet, attention = _attention(pipeline, tokenizer, 10.0)
+    torch.testing.assert_close(_call(unet, None), expected, rtol=1e-4, atol=1e-5)  # outside conditioned(): plain
+    assert (_call(unet, masks, attention) - expected).abs().max() > 1e-3
+
+
+def test_bias_is_plus_inside_minus_outside_and_only_on_the_conditional_half(pipeline: Path, tokenizer) -> None:
+    unet, attention = _attention(pipeline, tokenizer, 2.0)
+    masks = np.zeros((1, 4, 32, 32), bool)
+    masks[0, 0, :16, :16] = True  # liver: the top-left quarter; spleen and kidneys absent
+    liver, spleen = (organ_token_matrix(tokenizer, [PROMPT], ORGANS[:4], 77)[0, o].bool() for o in (0, 3))
+    captured = {}
+    processor = unet.attn_processors[cross_attention_layers(unet)[0]]
+    original = processor._bias
+
+    def spy(batch, queries, dtype):
+        captured["bias"] = original(batch, queries, dtype)
+        return captured["bias"]
+    processor._bias = spy
+    with attention.conditioned([PROMPT], masks), torch.no_grad():
+        unet(torch.randn(2, 4, 8, 8), 250, encoder_hidden_states=torch.randn(2, 77, unet.config.cross_attention_dim))
+    bias = captured["bias"]  # (2, queries, tokens): [unconditional, conditional]
+    side = int(bias.shape[1] ** 0.5)
+    grid = bias[1].view(side, side, -1)
+    assert bias[0].abs().sum() == 0
+    ramp = 2.0 * 250 / 1000
+    assert torch.all(grid[: side // 2, : side // 2][..., liver] == ramp)
+    assert torch.all(grid[side // 2:, :][..., liver] == -ramp)
+    assert torch.all(grid[..., spleen] == -ramp)  # named in the prompt, absent from the slice: nowhere
+    assert grid[..., 0].abs().sum() == 0  # [CLS] and every non-organ word are untouched
+
+
+def test_weights_must_match_the_unet_layers(pipeline: Path, tokenizer) -> None:
+    unet = load_pretrained(pipeline, UNET)
+    weights = new_organ_attention_weights(unet, 1.0)
+    weights.register_to_config(layers=cross_attention_layers(unet)[:-1])
+    with pytest.raises(ValueError, match="cross-attention layers"):
+        OrganAttention(unet, weights, tokenizer, ORGANS[:4])
+
+
+@pytest.fixture
+def organ_attention_pipeline(pipeline: Path, tmp_path: Path) -> Path:
+    """The tiny pipeline with organ_attention/ instead of a ControlNet."""
+    folder = tmp_path / "oa_pipeline"
+    shutil.copytree(pipeline, folder, ignore=shutil.ignore_patterns("controlnet"))
+    new_organ_attention_weights(load_pretrained(folder, UNET), 10.0).save_pretrained(folder / ORGAN_ATTENTION)
+    return folder
+
+
+def test_pipeline_folder_loads_organ_attention(organ_attention_pipeline: Path) -> None:
+    parts = load_pipeline_components(organ_attention_pipeline)
+    assert parts.controlnet is None and parts.organ_attention.weight.tolist() == [10.0] * 7
+    assert not parts.organ_attention.weight.requires_grad
+
+
+SYNTHESIS_PAIR = """
+data:
+  name: phantom_T1_to_T2-SPIR
+  data_root: {root}
+  source_indexes: [Phantom_T1-InPhase_train.json]
+  target_indexes: [Phantom_T2-SPIR_train.json]
+  inference_indexes: [Phantom_T1-InPhase_test.json]
+  target_modality: T2 SPIR Abdomen MRI
+  organs: [liver, right kidney, left kidney, spleen]
+  organ_weights: [0.3, 0.5, 0.4, 0.6]
+"""
+
+
+def test_synthesis_through_organ_attention_alone_and_without_any_conditioning(
+        phantom: Path, pipeline: Path, organ_attention_pipeline: Path, tmp_path: Path) -> None:
+    config = tmp_path / "pair.yml"
+    config.write_text(SYNTHESIS_PAIR.format(root=phantom))
+    common = dict(config=str(config), steps=2, num_images_per_prompt=2, max_tries_per_mask=2, max_masks=2,
+                  num_gpus=1, iou_threshold=0.0, confidence_threshold=0.0, avg_iou_threshold=0.0,
+                  avg_confidence_threshold=0.0)
+    summary = synthesize(SynthesisOptions(ckpt=str(organ_attention_pipeline), log_dir=str(tmp_path / "run"), **common))
+    assert summary["candidates"] == 4
+    run_config = (tmp_path / "run" / "run_config.json").read_text()
+    assert '"controlnet": null' in run_config and '"organ_attention":' in run_config
+    bare = tmp_path / "bare"
+    shutil.copytree(pipeline, bare, ignore=shutil.ignore_patterns("controlnet"))
+    with pytest.raises(FileNotFoundError, match="nothing conditions on the mask"):
+        synthesize(SynthesisOptions(ckpt=str(bare), log_dir=str(tmp_path / "run2"), **common))
