@@ -10,6 +10,9 @@ folders in fp16 safetensors:
 
     <out>/vae/ unet/ scheduler/ text_encoder.json      (a pipeline folder for synthesize_filter_multi.py --ckpt)
     <out>/controlnet_<source>_to_<target>/              (--controlnet)
+    <out>/organ_attention_<source>_to_<target>/         (a pipeline folder of its own: --ckpt)
+
+The organ attention (train_organ_attention.py) starts from the zoo's own fp16 UNet, after the others.
 
 Example (about an hour and a half on 2 CPU cores, most of it the three 3,000-step ControlNets):
     python scripts/train_zoo.py --out zoo/phantom --work runs/zoo
@@ -38,6 +41,8 @@ PAIRS = {  # zoo folder name -> (config, extra overrides)
                                                           ["data.use_target_images=false"]),
 }
 
+ORGAN_ATTENTION = {"organ_attention_T1-InPhase_to_T2-SPIR": CONFIGS / "organ_attention_phantom_T1_to_T2-SPIR.yml"}
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--unet_steps", type=int, help="default: the config's")
     p.add_argument("--controlnet_steps", type=int, help="default: the config's")
     p.add_argument("--pairs", nargs="*", default=list(PAIRS), choices=list(PAIRS))
+    p.add_argument("--organ_attention", nargs="*", default=list(ORGAN_ATTENTION), choices=list(ORGAN_ATTENTION))
     p.add_argument("--threads", type=int, default=2, help="torch threads of the VAE and UNet processes")
     p.add_argument("--jobs", type=int, default=2, help="ControlNets trained at the same time (one per core)")
     return p.parse_args(argv)
@@ -139,12 +145,29 @@ def assemble(args: argparse.Namespace, work: Path, out: Path) -> None:
         shutil.copy2(work / name / "pipeline" / "pair.json", out / name / "pair.json")
 
 
+def train_organ_attention(args: argparse.Namespace, work: Path, out: Path) -> dict[str, float]:
+    """Organ attention from the assembled zoo's UNet; each run's pipeline folder copied into the zoo."""
+    times: dict[str, float] = {}
+    for name in args.organ_attention:
+        stage(name, work / name, ["train_organ_attention.py", "--config", str(ORGAN_ATTENTION[name]),
+                                  f"output_dir={work}/{name}", f"model.pretrained_model_path={out}",
+                                  f"data.data_root={work / 'data'}", f"train.num_threads={args.threads}"], times)
+        pipeline = work / name / "pipeline"
+        for component in ("vae", "unet", "organ_attention"):
+            copy_fp16(pipeline / component, out / name / component)
+        shutil.copytree(pipeline / "scheduler", out / name / "scheduler", dirs_exist_ok=True)
+        for file in ("text_encoder.json", "pair.json"):
+            shutil.copy2(pipeline / file, out / name / file)
+    return times
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
     times = train_all(args, work)
     assemble(args, work, out)
+    times.update(train_organ_attention(args, work, out))
     record = work / "times.json"
     previous = json.loads(record.read_text()) if record.is_file() else {}
     record.write_text(json.dumps({**previous, **times}, indent=2) + "\n")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mrgen.models.builders import ORGAN_ATTENTION, UNET, load_pretrained
+from mrgen.models.builders import UNET, load_pretrained
 from mrgen.models.organ_attention import (OrganAttention, cross_attention_layers, new_organ_attention_weights,
                                           organ_token_matrix)
 from mrgen.models.pipeline_folder import load_pipeline_components
@@ -99,15 +99,6 @@ def test_weights_must_match_the_unet_layers(pipeline: Path, tokenizer) -> None:
     weights.register_to_config(layers=cross_attention_layers(unet)[:-1])
     with pytest.raises(ValueError, match="cross-attention layers"):
         OrganAttention(unet, weights, tokenizer, ORGANS[:4])
-
-
-@pytest.fixture
-def organ_attention_pipeline(pipeline: Path, tmp_path: Path) -> Path:
-    """The tiny pipeline with organ_attention/ instead of a ControlNet."""
-    folder = tmp_path / "oa_pipeline"
-    shutil.copytree(pipeline, folder, ignore=shutil.ignore_patterns("controlnet"))
-    new_organ_attention_weights(load_pretrained(folder, UNET), 10.0).save_pretrained(folder / ORGAN_ATTENTION)
-    return folder
 
 
 def test_pipeline_folder_loads_organ_attention(organ_attention_pipeline: Path) -> None:

@@ -49,7 +49,7 @@ def test_pipeline_runs_end_to_end_and_resumes(pipeline, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_benchmark_in_miniature_writes_a_full_table(pipeline, tmp_path, monkeypatch):
+def test_benchmark_in_miniature_writes_a_full_table(pipeline, organ_attention_pipeline, tmp_path, monkeypatch):
     import shutil
     from dataclasses import replace
 
@@ -61,6 +61,7 @@ def test_benchmark_in_miniature_writes_a_full_table(pipeline, tmp_path, monkeypa
         (shutil.copytree if (pipeline / part).is_dir() else shutil.copyfile)(pipeline / part, zoo / part)
     for name in ("controlnet_T1-InPhase_to_T2-SPIR", "controlnet_T1-InPhase_to_T2-SPIR_no_target_images"):
         shutil.copytree(pipeline / "controlnet", zoo / name)
+    shutil.copytree(organ_attention_pipeline, zoo / "organ_attention_T1-InPhase_to_T2-SPIR")
     config = with_zoo(with_budget(BenchmarkConfig(out=str(tmp_path / "bench")), "mini"), str(zoo))
     config = replace(config, pairs=config.pairs[:1],
                      synthesis=replace(config.synthesis, iou_threshold=0, confidence_threshold=0, avg_iou_threshold=0,
@@ -68,7 +69,7 @@ def test_benchmark_in_miniature_writes_a_full_table(pipeline, tmp_path, monkeypa
     table = run_benchmark(config).read_text()
     row = next(line for line in table.splitlines() if line.startswith("| T1-InPhase -> T2-SPIR |"))
     cells = [c.strip() for c in row.strip("|").split("|")[1:]]
-    assert len(cells) == 6 and all(c.replace(".", "").isdigit() for c in cells), row
+    assert len(cells) == 7 and all(c.replace(".", "").isdigit() for c in cells), row
     assert (tmp_path / "bench" / "benchmark.png").is_file() and (tmp_path / "bench" / "benchmark.json").is_file()
 
 
@@ -90,7 +91,7 @@ def test_benchmark_table_marks_a_condition_without_accepted_samples(tmp_path):
                                          "d_no_target": None, "e": evaluated(0.9)}}
     table = write_outputs(tmp_path, BenchmarkConfig(out=str(tmp_path)), results, StageRunner(tmp_path, []))
     row = next(line for line in table.read_text().splitlines() if line.startswith("| T1-InPhase -> T2-SPIR |"))
-    assert row.split("|")[2:8] == [" 10.0 ", " 20.0 ", " n/a ", " 30.0 ", " n/a ", " 90.0 "]
+    assert row.split("|")[2:9] == [" 10.0 ", " 20.0 ", " n/a ", " n/a ", " 30.0 ", " n/a ", " 90.0 "]
     assert (tmp_path / "benchmark.png").is_file()
 
 

@@ -7,6 +7,7 @@ For each pair (source -> target) nnU-Net 2D is trained on
   (c) MRGen: synthetic target slices from source masks, after the quality filter,
   (d) (c) without the filter, and (c) from a ControlNet trained without target images (the ablation),
   (e) real target slices with their masks (D_t, the upper bound),
+and, where the zoo has it, (c) with organ-word attention instead of the ControlNet (ours, not in the paper),
 and evaluated in 3D on held-out real target volumes. Everything is a stage (resumable); the output is a
 markdown table shaped like the paper's, a JSON with every number and the config, and a bar chart.
 """
@@ -23,7 +24,7 @@ from typing import Any
 from mrgen.config import dump_yaml, to_dict
 from mrgen.io.atomic import atomic_save, atomic_write_json, atomic_write_text
 from mrgen.pipeline.augment import augment_dataset
-from mrgen.pipeline.config import DatasetSection, ModelsSection, PipelineConfig, SegmentationSection, SynthesisSection
+from mrgen.pipeline.config import DatasetSection, PipelineConfig, SegmentationSection, SynthesisSection
 from mrgen.pipeline.demo import make_dataset, pair_config_for, synthesis_options
 from mrgen.pipeline.segmentation import NnUNetWork, organ_table
 from mrgen.pipeline.stages import StageRunner
@@ -31,13 +32,15 @@ from mrgen.synthesis.run import synthesize
 
 log = logging.getLogger(__name__)
 
+# key: (column title, offset of its nnU-Net dataset id; fixed, so that a new condition renumbers no earlier run)
 CONDITIONS = {
-    "a": "D_s: real source",
-    "b": "D_s + intensity augmentation",
-    "c": "MRGen (filtered)",
-    "d_unfiltered": "MRGen without filter",
-    "d_no_target": "MRGen, ControlNet without D_t images",
-    "e": "D_t: real target (upper bound)",
+    "a": ("D_s: real source", 1),
+    "b": ("D_s + intensity augmentation", 2),
+    "c": ("MRGen (filtered)", 3),
+    "c_organ_attention": ("MRGen, organ attention (filtered)", 7),
+    "d_unfiltered": ("MRGen without filter", 4),
+    "d_no_target": ("MRGen, ControlNet without D_t images", 5),
+    "e": ("D_t: real target (upper bound)", 6),
 }
 
 
@@ -48,6 +51,7 @@ class PairSpec:
     pair_config: str
     controlnet: str
     ablation_controlnet: str  # trained with data.use_target_images=false; "" if there is none
+    organ_attention: str = ""  # an organ-attention pipeline folder (train_organ_attention.py); "" if there is none
 
     @property
     def name(self) -> str:
@@ -61,7 +65,8 @@ class BenchmarkConfig:
     zoo: str = "zoo/phantom"
     pairs: list[PairSpec] = field(default_factory=lambda: [
         PairSpec("T1-InPhase", "T2-SPIR", "training_configs/controlnet/phantom_T1_to_T2-SPIR.yml",
-                 "zoo/phantom/controlnet_T1-InPhase_to_T2-SPIR", "zoo/phantom/controlnet_T1-InPhase_to_T2-SPIR_no_target_images"),
+                 "zoo/phantom/controlnet_T1-InPhase_to_T2-SPIR", "zoo/phantom/controlnet_T1-InPhase_to_T2-SPIR_no_target_images",
+                 "zoo/phantom/organ_attention_T1-InPhase_to_T2-SPIR"),
         PairSpec("T2-SPIR", "T1-InPhase", "training_configs/controlnet/phantom_T2-SPIR_to_T1.yml",
                  "zoo/phantom/controlnet_T2-SPIR_to_T1-InPhase", ""),
     ])
@@ -89,11 +94,12 @@ def with_budget(config: BenchmarkConfig, budget: str) -> BenchmarkConfig:
 
 
 def with_zoo(config: BenchmarkConfig, zoo: str) -> BenchmarkConfig:
-    """The same pairs with their ControlNets looked up by folder name in another zoo."""
+    """The same pairs with their ControlNets and organ attention looked up by folder name in another zoo."""
     def moved(path: str) -> str:
         return str(Path(zoo) / Path(path).name) if path else ""
 
-    pairs = [replace(p, controlnet=moved(p.controlnet), ablation_controlnet=moved(p.ablation_controlnet)) for p in config.pairs]
+    pairs = [replace(p, controlnet=moved(p.controlnet), ablation_controlnet=moved(p.ablation_controlnet),
+                     organ_attention=moved(p.organ_attention)) for p in config.pairs]
     return replace(config, zoo=zoo, pairs=pairs)
 
 
@@ -120,7 +126,7 @@ class PairBenchmark:
             if make is None:
                 results[key] = None
                 continue
-            dataset_id = self.base_id + 1 + list(CONDITIONS).index(key)
+            dataset_id = self.base_id + CONDITIONS[key][1]
             name = f"Train_{key}"
 
             def train_and_evaluate(make=make, dataset_id=dataset_id, name=name) -> dict[str, Any]:
@@ -140,10 +146,13 @@ class PairBenchmark:
         target_train = [self.data / f"volumes_{self.pair.target}_train.jsonl"]
         size = self.config.dataset.size
         no_target = self.pair.ablation_controlnet and Path(self.pair.ablation_controlnet).is_dir()
+        organ_attention = self.pair.organ_attention and Path(self.pair.organ_attention).is_dir()
         return {
             "a": lambda i, n: {"dataset": str(self.work.export_real(source_train, "train", i, n, size))},
             "b": lambda i, n: self.augmented(source_train, i, n),
             "c": lambda i, n: self.synthetic("main", "filtered", i, n),
+            "c_organ_attention": (lambda i, n: self.synthetic("organ_attention", "filtered", i, n))
+            if organ_attention else None,
             "d_unfiltered": lambda i, n: self.synthetic("main", "all", i, n),
             "d_no_target": (lambda i, n: self.synthetic("no_target", "filtered", i, n)) if no_target else None,
             "e": lambda i, n: {"dataset": str(self.work.export_real(target_train, "train", i, n, size))},
@@ -156,10 +165,13 @@ class PairBenchmark:
         return {"dataset": str(augmented)}
 
     def synthetic(self, role: str, which: str, dataset_id: int, name: str) -> dict[str, Any]:
-        """Training set from the ``main`` or ``no_target`` ControlNet's run: ``filtered`` or ``all`` candidates."""
-        controlnet = self.pair.controlnet if role == "main" else self.pair.ablation_controlnet
+        """Training set from the ``main`` or ``no_target`` ControlNet's run or the ``organ_attention`` run: its
+        ``filtered`` or ``all`` candidates."""
+        ckpt, controlnet = {"main": (self.config.zoo, self.pair.controlnet),
+                            "no_target": (self.config.zoo, self.pair.ablation_controlnet),
+                            "organ_attention": (self.pair.organ_attention, None)}[role]
         log_dir = self.out / f"synthesis_{role}"
-        summary = self.runner.run(self.stage(f"synthesis_{role}"), lambda: self.synthesize(controlnet, log_dir))
+        summary = self.runner.run(self.stage(f"synthesis_{role}"), lambda: self.synthesize(ckpt, controlnet, log_dir))
         files = [p for p in sorted((log_dir / "json_files").glob("synthetic_*.json"))
                  if p.name.endswith("_filtered.json") == (which == "filtered")]
         samples = sum(len(json.loads(p.read_text(encoding="utf-8"))) for p in files)
@@ -167,12 +179,11 @@ class PairBenchmark:
             return {"samples": 0, "synthesis": summary}
         return {"dataset": str(self.work.export_synthetic(files, dataset_id, name)), "samples": samples, "synthesis": summary}
 
-    def synthesize(self, controlnet: str, log_dir: Path) -> dict[str, Any]:
+    def synthesize(self, ckpt: str, controlnet: str | None, log_dir: Path) -> dict[str, Any]:
         pipeline = PipelineConfig(seed=self.config.seed, source=self.pair.source, target=self.pair.target,
-                                  models=ModelsSection(zoo=self.config.zoo, controlnet=controlnet, pair_config=self.pair.pair_config),
                                   synthesis=self.config.synthesis)
-        pair = pair_config_for(pipeline, log_dir.parent, self.data)
-        options = synthesis_options(pipeline, Path(self.config.zoo), Path(controlnet), pair, log_dir)
+        pair = pair_config_for(self.pair.pair_config, log_dir.parent, self.data)
+        options = synthesis_options(pipeline, Path(ckpt), None if controlnet is None else Path(controlnet), pair, log_dir)
         return synthesize(options)
 
 
@@ -181,7 +192,8 @@ def run_benchmark(config: BenchmarkConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "benchmark.yml", dump_yaml(config))
     stages = ["dataset"] + [f"pair{i}_{s}" for i in range(len(config.pairs))
-                            for s in ("test_set", "synthesis_main", "synthesis_no_target", *CONDITIONS)]
+                            for s in ("test_set", "synthesis_main", "synthesis_no_target", "synthesis_organ_attention",
+                                      *CONDITIONS)]
     runner = StageRunner(out, stages)
     data = out / "phantom"
     modalities = sorted({m for p in config.pairs for m in (p.source, p.target)})
@@ -197,12 +209,14 @@ def write_outputs(out: Path, config: BenchmarkConfig, results: dict[str, dict[st
                                                "seconds": seconds})
     lines = ["# Downstream benchmark on the simulated dataset (paper Table 3 shape)", "",
              "Mean 3D Dice (%) over liver, right kidney, left kidney and spleen on held-out real target volumes.", "",
-             "| source -> target | " + " | ".join(CONDITIONS.values()) + " |", "|---" * (len(CONDITIONS) + 1) + "|"]
+             "| source -> target | " + " | ".join(title for title, _ in CONDITIONS.values()) + " |",
+             "|---" * (len(CONDITIONS) + 1) + "|"]
     for pair, by_condition in results.items():
-        cells = ["n/a" if not evaluated(r) else f"{100 * r['mean']['dice']:.1f}" for r in by_condition.values()]
+        cells = ["n/a" if not evaluated(r) else f"{100 * r['mean']['dice']:.1f}"
+                 for r in (by_condition.get(k) for k in CONDITIONS)]
         lines.append(f"| {pair} | " + " | ".join(cells) + " |")
     for pair, by_condition in results.items():
-        present = {CONDITIONS[k]: r for k, r in by_condition.items() if evaluated(r)}
+        present = {CONDITIONS[k][0]: r for k, r in by_condition.items() if evaluated(r)}
         lines += ["", f"## {pair}", "", "Dice (%):", "", organ_table(present, "dice"), "", "HD95 (mm):", "",
                   organ_table(present, "hd95"), "", cost_table(by_condition)]
     lines += ["", f"Total time {seconds:.0f} s (sum of the stages). Config: `benchmark.yml`; every number: `benchmark.json`; chart: `benchmark.png`."]
@@ -226,7 +240,7 @@ def cost_table(by_condition: dict[str, Any]) -> str:
         s = r.get("synthesis")
         synth = ["", "", "", ""] if s is None else [str(s["candidates"]), str(s["accepted"]),
                                                     _num(s["unet_evaluations_per_accepted"], ".0f"), _num(s["seconds_per_accepted"], ".2f")]
-        lines.append(f"| {CONDITIONS[key]} | {r['seconds']:.0f} | " + " | ".join(synth) + " |")
+        lines.append(f"| {CONDITIONS[key][0]} | {r['seconds']:.0f} | " + " | ".join(synth) + " |")
     return "\n".join(lines)
 
 
@@ -245,11 +259,11 @@ def write_chart(path: Path, results: dict[str, dict[str, Any]]) -> None:
     fig, ax = plt.subplots(figsize=(11, 4))
     width = 0.8 / max(1, len(results))
     for j, (pair, by_condition) in enumerate(results.items()):
-        dice = [100 * by_condition[k]["mean"]["dice"] if evaluated(by_condition[k]) else None for k in keys]
+        dice = [100 * by_condition[k]["mean"]["dice"] if evaluated(by_condition.get(k)) else None for k in keys]
         bars = ax.bar(np.arange(len(keys)) + j * width, [d or 0.0 for d in dice], width, label=pair)
         ax.bar_label(bars, labels=["n/a" if d is None else f"{d:.1f}" for d in dice], fontsize=7)
     ax.set_xticks(np.arange(len(keys)) + width * (len(results) - 1) / 2)
-    ax.set_xticklabels([CONDITIONS[k] for k in keys], rotation=15, ha="right", fontsize=8)
+    ax.set_xticklabels([CONDITIONS[k][0] for k in keys], rotation=15, ha="right", fontsize=8)
     ax.set_ylabel("mean 3D Dice (%)")
     ax.set_ylim(0, 100)
     ax.legend()

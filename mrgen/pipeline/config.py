@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 
 @dataclass
@@ -17,19 +18,25 @@ class DatasetSection:
 class ModelsSection:
     """Start from the model zoo (``train: false``) or train every model from scratch (``train: true``).
 
-    ``pair_config`` is the ControlNet pair config; its ``data_root`` is pointed at this run's dataset.
-    The ``*_overrides`` are ``key=value`` overrides for the three training configs when training.
+    ``conditioning`` is how the mask reaches the UNet: a ControlNet (the original) or organ-word attention
+    (``mrgen.models.organ_attention``; docs/mask_following.md round 12). ``pair_config`` is the ControlNet pair
+    config and ``organ_attention_config`` the organ-attention one; their ``data_root`` is pointed at this run's
+    dataset. The ``*_overrides`` are ``key=value`` overrides for the training configs when training.
     """
 
     train: bool = False
+    conditioning: Literal["controlnet", "organ_attention"] = "controlnet"
     zoo: str = "zoo/phantom"
     controlnet: str = "zoo/phantom/controlnet_T1-InPhase_to_T2-SPIR"
+    organ_attention: str = "zoo/phantom/organ_attention_T1-InPhase_to_T2-SPIR"  # a pipeline folder
     pair_config: str = "training_configs/controlnet/phantom_T1_to_T2-SPIR.yml"
+    organ_attention_config: str = "training_configs/organ_attention/phantom_T1_to_T2-SPIR.yml"
     vae_config: str = "training_configs/demo/train_vae_phantom.yml"
     unet_config: str = "training_configs/demo/train_unet_phantom.yml"
     vae_overrides: list[str] = field(default_factory=list)
     unet_overrides: list[str] = field(default_factory=list)
     controlnet_overrides: list[str] = field(default_factory=list)
+    organ_attention_overrides: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The whole chain on the simulated dataset, stage by stage, ending in ``report.md``.
 
-dataset -> (train VAE, UNet, ControlNet, or take the model zoo) -> synthesis with filtering ->
+dataset -> (train VAE, UNet, ControlNet or organ attention, or take the model zoo) -> synthesis with filtering ->
 mask-following -> nnU-Net dataset -> short nnU-Net training -> 3D evaluation on real target volumes ->
 report. Every stage writes plain files under ``out``; a finished stage is not redone, a killed one resumes.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 
-from mrgen.config import ControlNetConfig, UNetConfig, VAEConfig, dump_yaml, load_config
+from mrgen.config import ControlNetConfig, OrganAttentionConfig, UNetConfig, VAEConfig, dump_yaml, load_config
 from mrgen.data.modalities import modality_key
 from mrgen.data.phantom import DEFAULT_MODALITIES, generate_phantom_dataset
 from mrgen.io.atomic import atomic_write_text
@@ -27,48 +27,64 @@ log = logging.getLogger(__name__)
 
 
 def stage_names(config: PipelineConfig) -> list[str]:
-    training = ["train_vae", "train_unet", "train_controlnet"] if config.models.train else []
+    training = ["train_vae", "train_unet", f"train_{config.models.conditioning}"] if config.models.train else []
     return ["dataset", *training, "synthesis", "nnunet_data", "nnunet_train", "evaluation"]
 
 
-def pair_config_for(config: PipelineConfig, out: Path, data: Path) -> Path:
-    """The pair config with its data pointed at this run's dataset (a two-line file inheriting the original)."""
-    path = out / "pair.yml"
-    atomic_write_text(path, f"base: {Path(config.models.pair_config).resolve()}\ndata:\n  data_root: {data.resolve()}\n")
+def pair_config_for(config_path: str, out: Path, data: Path, name: str = "pair.yml") -> Path:
+    """A pair config with its data pointed at this run's dataset (a two-line file inheriting the original)."""
+    path = out / name
+    atomic_write_text(path, f"base: {Path(config_path).resolve()}\ndata:\n  data_root: {data.resolve()}\n")
     return path
 
 
-def train_models(config: PipelineConfig, runner: StageRunner, out: Path, data: Path, pair: Path) -> tuple[Path, Path]:
-    from mrgen.training import train_controlnet, train_unet, train_vae
+def train_models(config: PipelineConfig, runner: StageRunner, out: Path, data: Path,
+                 pair: Path) -> tuple[Path, Path | None]:
+    """Train the VAE, the UNet and the mask conditioning; (pipeline folder, ControlNet folder or None)."""
+    from mrgen.training import train_controlnet, train_organ_attention, train_unet, train_vae
 
     m = config.models
     common = [f"seed={config.seed}", f"data.index_paths=[{data / 'image_text_train.json'}]",
               f"data.test_index_paths=[{data / 'image_text_test.json'}]"]
-    folders = {name: out / "train" / name / "pipeline" for name in ("vae", "unet", "controlnet")}
+    folders = {name: out / "train" / name / "pipeline" for name in ("vae", "unet", m.conditioning)}
     runner.run("train_vae", lambda: {"pipeline": str(train_vae(load_config(
         m.vae_config, VAEConfig, [*common, f"output_dir={out / 'train' / 'vae'}", *m.vae_overrides]), resume="latest"))})
     runner.run("train_unet", lambda: {"pipeline": str(train_unet(load_config(
         m.unet_config, UNetConfig, [*common, f"output_dir={out / 'train' / 'unet'}",
                                     f"model.pretrained_model_path={folders['vae']}", *m.unet_overrides]), resume="latest"))})
+    conditioning = [f"seed={config.seed}", f"output_dir={out / 'train' / m.conditioning}",
+                    f"model.pretrained_model_path={folders['unet']}"]
+    if m.conditioning == "organ_attention":
+        config_path = pair_config_for(m.organ_attention_config, out, data, "organ_attention.yml")
+        runner.run("train_organ_attention", lambda: {"pipeline": str(train_organ_attention(load_config(
+            config_path, OrganAttentionConfig, [*conditioning, *m.organ_attention_overrides]), resume="latest"))})
+        return folders["organ_attention"], None
     runner.run("train_controlnet", lambda: {"pipeline": str(train_controlnet(load_config(
-        pair, ControlNetConfig, [f"seed={config.seed}", f"output_dir={out / 'train' / 'controlnet'}",
-                                 f"model.pretrained_model_path={folders['unet']}", *m.controlnet_overrides]),
-        resume="latest"))})
+        pair, ControlNetConfig, [*conditioning, *m.controlnet_overrides]), resume="latest"))})
     return folders["controlnet"], folders["controlnet"]
 
 
-def zoo_models(config: PipelineConfig) -> tuple[Path, Path]:
-    zoo, controlnet = Path(config.models.zoo), Path(config.models.controlnet)
-    for folder in (zoo / "vae", zoo / "unet", controlnet):
+def zoo_models(config: PipelineConfig) -> tuple[Path, Path | None]:
+    """(pipeline folder, ControlNet folder or None) from the model zoo."""
+    m = config.models
+    if m.conditioning == "organ_attention":
+        ckpt, controlnet = Path(m.organ_attention), None
+        needed = [ckpt / "vae", ckpt / "unet", ckpt / "organ_attention"]
+    else:
+        ckpt, controlnet = Path(m.zoo), Path(m.controlnet)
+        needed = [ckpt / "vae", ckpt / "unet", controlnet]
+    for folder in needed:
         if not folder.is_dir():
             raise FileNotFoundError(f"model zoo folder {folder} is missing: train the zoo (zoo/phantom/README.md) "
                                     f"or run the chain from scratch with models.train=true (make demo-full)")
-    return zoo, controlnet
+    return ckpt, controlnet
 
 
-def synthesis_options(config: PipelineConfig, ckpt: Path, controlnet: Path, pair: Path, log_dir: Path) -> SynthesisOptions:
+def synthesis_options(config: PipelineConfig, ckpt: Path, controlnet: Path | None, pair: Path,
+                      log_dir: Path) -> SynthesisOptions:
     """The synthesis flags: the config's synthesis section (every key is a flag of the same name) plus the run's paths."""
-    return SynthesisOptions(**dataclasses.asdict(config.synthesis), ckpt=str(ckpt), controlnet=str(controlnet),
+    return SynthesisOptions(**dataclasses.asdict(config.synthesis), ckpt=str(ckpt),
+                            controlnet=None if controlnet is None else str(controlnet),
                             config=str(pair), log_dir=str(log_dir), modality=modality_key(config.target),
                             seed=config.seed, num_gpus=1)
 
@@ -80,7 +96,7 @@ def run_pipeline(config: PipelineConfig) -> Path:
     runner = StageRunner(out, stage_names(config))
     data = out / "phantom"
     runner.run("dataset", lambda: make_dataset(config.dataset, [config.source, config.target], data))
-    pair = pair_config_for(config, out, data)
+    pair = pair_config_for(config.models.pair_config, out, data)
     ckpt, controlnet = train_models(config, runner, out, data, pair) if config.models.train else zoo_models(config)
     synthesis_dir = out / "synthesis"
     runner.run("synthesis", lambda: synthesize(synthesis_options(config, ckpt, controlnet, pair, synthesis_dir)))

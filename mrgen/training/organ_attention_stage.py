@@ -214,16 +214,16 @@ class OrganAttentionStage:
         atomic_write_json(folder / "summary.json", {
             "masks": int(len(iou)), "kept": int(kept.sum()), "min_iou": self.options.min_iou,
             "mean_iou": float(iou.mean()), "iou_quartiles": [float(q) for q in np.quantile(iou, [0.25, 0.5, 0.75])]})
-        rows = []
-        for label, chosen in (("kept", np.flatnonzero(kept)[:6]), ("rejected", np.flatnonzero(~kept)[:6])):
+        rows, labels = [], []
+        for label, chosen in (("kept", np.flatnonzero(kept)[:4]), ("rejected", np.flatnonzero(~kept)[:4])):
             for k in chosen:
                 image = everything["images"][k].astype(np.float32) / 255.0
                 rows.append([colour_masks(list(everything["masks"][k]), image.shape), image,
                              outline_masks(image, list(everything["masks"][k]))])
-        if rows:
-            save_grid(folder / "examples.png", rows, column_titles=["mask", "self-sample", "with outlines"],
-                      title=f"{self.pair.name}: self-samples, kept (IoU >= {self.options.min_iou:g}) first: "
-                            f"{int(kept.sum())} of {len(iou)}")
+                labels.append(f"{label}, mean IoU {iou[k]:.2f}")
+        save_grid(folder / "examples.png", rows, column_titles=["mask", "self-sample", "with outlines"],
+                  row_titles=labels, title=f"{self.pair.name}: {int(kept.sum())} of {len(iou)} self-samples kept "
+                                           f"(mean organ IoU >= {self.options.min_iou:g})")
 
     # ----- training --------------------------------------------------------------------------------------
     def loss(self, module: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:

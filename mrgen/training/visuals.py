@@ -67,7 +67,8 @@ def save_grid(path: str | os.PathLike, cells: Sequence[Sequence[np.ndarray]], co
               row_titles: Sequence[str] | None = None, title: str | None = None, cell_inches: float = 1.9) -> None:
     """Rows of images ((H, W) grey in [0, 1] or (H, W, 3) RGB) with column and optional row titles."""
     rows, cols = len(cells), max(len(r) for r in cells)
-    figure = Figure(figsize=(cell_inches * cols, cell_inches * rows + (0.5 if title else 0.2)), dpi=110)
+    height = cell_inches * rows + (0.5 if title else 0.2)
+    figure = Figure(figsize=(cell_inches * cols, height), dpi=110)
     FigureCanvasAgg(figure)
     axes = figure.subplots(rows, cols, squeeze=False)
     for r, row in enumerate(cells):
@@ -87,7 +88,7 @@ def save_grid(path: str | os.PathLike, cells: Sequence[Sequence[np.ndarray]], co
                 ax.set_ylabel(textwrap.fill(row_titles[r], 24), fontsize=6)
     if title:
         figure.suptitle(title, fontsize=8)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0, 1, 1 - 0.35 / height) if title else None)  # keep the title off the column titles
     atomic_save(path, lambda tmp: figure.savefig(tmp, format="png"))
 
 
