@@ -21,11 +21,12 @@ MINIATURE = ["synthesis.max_masks=4", "synthesis.max_tries_per_mask=2", "synthes
 
 
 @pytest.mark.slow
-def test_pipeline_runs_end_to_end_and_resumes(pipeline, tmp_path, monkeypatch):
+def test_pipeline_runs_end_to_end_and_resumes(organ_attention_pipeline, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     out = tmp_path / "run"
     config = load_config(REPO / "training_configs/pipeline/demo.yml", PipelineConfig,
-                         [f"out={out}", f"models.zoo={pipeline}", f"models.controlnet={pipeline}", *MINIATURE])
+                         [f"out={out}", f"models.organ_attention={organ_attention_pipeline}", *MINIATURE])
+    assert config.models.conditioning == "organ_attention"  # the demo's; the benchmark test runs the ControlNet
     report = run_pipeline(config)
     text = report.read_text()
     for picture in ("phantom/preview.png", "synthetic_samples.png", "synthesis/filter_scores.png"):
@@ -99,3 +100,20 @@ def test_synthetic_figure_shows_accepted_samples_first_then_one_rejected_per_oth
     records = [{"mask_index": m, "try": t, "accepted": (m, t) == (2, 1)} for m in range(3) for t in range(3)]
     shown = [(r["mask_index"], r["try"]) for r in figure_records(records)]
     assert shown == [(2, 1), (0, 0), (1, 0)]
+
+
+def test_organ_attention_conditioning_takes_its_pipeline_folder_and_no_controlnet(organ_attention_pipeline, tmp_path):
+    from mrgen.pipeline.demo import stage_names, synthesis_options, zoo_models
+
+    config = load_config(REPO / "training_configs/pipeline/demo.yml", PipelineConfig,
+                         ["models.conditioning=organ_attention", f"models.organ_attention={organ_attention_pipeline}"])
+    ckpt, controlnet = zoo_models(config)
+    assert ckpt == organ_attention_pipeline and controlnet is None
+    assert synthesis_options(config, ckpt, controlnet, tmp_path / "pair.yml", tmp_path / "run").controlnet is None
+    assert "train_organ_attention" in stage_names(load_config(
+        REPO / "training_configs/pipeline/demo.yml", PipelineConfig, ["models.conditioning=organ_attention",
+                                                                        "models.train=true"]))
+    missing = load_config(REPO / "training_configs/pipeline/demo.yml", PipelineConfig,
+                          ["models.conditioning=organ_attention", f"models.organ_attention={tmp_path / 'none'}"])
+    with pytest.raises(FileNotFoundError, match="make demo-full"):
+        zoo_models(missing)
