@@ -143,12 +143,13 @@ def test_controlnet_stage_trains_from_the_unet(toy_data, unet_pipeline: Path, tm
 
 def test_organ_attention_stage_self_trains_only_cross_attention_and_resumes(toy_data, unet_pipeline: Path,
                                                                             tmp_path: Path) -> None:
-    def config(steps: int) -> OrganAttentionConfig:
+    def config(steps: int, self_samples: int = 3) -> OrganAttentionConfig:
         return OrganAttentionConfig(
             name="toy_oa", output_dir=str(tmp_path), seed=0, data=toy_pair(toy_data),
             model=DiffusionModelSection(config_path=TINY, pretrained_model_path=str(unet_pipeline)),
             train=diffusion_train(max_train_steps=steps, checkpointing_steps=1), validation=VALIDATION,
-            organ_attention=OrganAttentionSection(self_samples=3, min_iou=0.0, sampling_steps=2, sampling_batch=2))
+            organ_attention=OrganAttentionSection(self_samples=self_samples, min_iou=0.0, sampling_steps=2,
+                                                  sampling_batch=2))
 
     pipeline = train_organ_attention(config(2))
     assert load_pretrained(pipeline, ORGAN_ATTENTION).weight.ne(10.0).all()
@@ -167,6 +168,10 @@ def test_organ_attention_stage_self_trains_only_cross_attention_and_resumes(toy_
     train_organ_attention(config(3), resume="latest")
     assert (samples / "chunk_00000.npz").stat().st_mtime_ns == chunk  # not sampled again
     assert checkpoints.list_checkpoints(tmp_path / "checkpoints")[-1].name == "checkpoint-3"
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    with pytest.raises(ValueError, match="holds other masks"):  # a changed sample count never mixes two runs
+        train_organ_attention(config(4, self_samples=2), resume="latest")
 
 
 def test_condition_embedding_init_default_lets_the_mask_in_from_step_0(toy_data, unet_pipeline: Path,

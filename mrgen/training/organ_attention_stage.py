@@ -145,12 +145,14 @@ class OrganAttentionStage:
         self.prompts = shared_prompt_embeddings(accelerator, self.text_spec, pairs.prompts, self.dtype)
         check_width(unet.config, self.prompts, self.text_spec)
         folder = output_dir / SELF_SAMPLES_DIR
+        chunks = self._self_sample_chunks(len(pairs.sources))
         if accelerator.is_main_process:
-            self._render_self_samples(pairs, folder)
+            self._render_self_samples(pairs, folder, chunks)
         accelerator.wait_for_everyone()
-        kept = kept_self_samples(folder, options.min_iou)
-        log.info("self-samples: %d of %d kept (mean organ IoU >= %g)", len(kept["images"]), options.self_samples,
-                 options.min_iou)
+        everything = load_self_samples(folder, len(chunks))
+        keep = everything["iou"] >= options.min_iou
+        kept = {key: value[keep] for key, value in everything.items()}
+        log.info("self-samples: %d of %d kept (mean organ IoU >= %g)", keep.sum(), len(keep), options.min_iou)
         self.train_dataset = SelfTrainingDataset(kept, pairs, len(self.pair.organs), self.resolution)
         self.noiser = Noiser(Latents(self.vae, cached=False), noise_scheduler(self.scheduler_config), self.prompts,
                              dataclasses.replace(train, prompt_dropout=0.0))
@@ -167,12 +169,20 @@ class OrganAttentionStage:
         unet.train()
 
     # ----- self-samples --------------------------------------------------------------------------------
+    def _self_sample_chunks(self, sources: int) -> list[np.ndarray]:
+        """Source-mask indices to render, a seeded choice, in chunks of ``CHUNK`` (one file each)."""
+        picks = np.random.default_rng(self.config.seed).permutation(sources)[:self.options.self_samples]
+        return [picks[i:i + CHUNK] for i in range(0, len(picks), CHUNK)]
+
     @torch.no_grad()
-    def _render_self_samples(self, pairs: PairDataset, folder: Path) -> None:
+    def _render_self_samples(self, pairs: PairDataset, folder: Path, chunks: list[np.ndarray]) -> None:
         options = self.options
-        picks = np.random.default_rng(self.config.seed).permutation(len(pairs.sources))[:options.self_samples]
-        chunks = [picks[i:i + CHUNK] for i in range(0, len(picks), CHUNK)]
         todo = [c for c in range(len(chunks)) if not _chunk_path(folder, c).is_file()]
+        for c in sorted(set(range(len(chunks))) - set(todo)):
+            if not np.array_equal(np.load(_chunk_path(folder, c))["index"], chunks[c]):
+                raise ValueError(f"{_chunk_path(folder, c)} holds other masks than organ_attention.self_samples="
+                                 f"{options.self_samples} and seed {self.config.seed} pick; delete {folder} or use "
+                                 f"another output_dir")
         if not todo:
             return
         folder.mkdir(parents=True, exist_ok=True)
@@ -205,10 +215,10 @@ class OrganAttentionStage:
             _write_chunk(_chunk_path(folder, c), {k: np.asarray(v) for k, v in records.items()})
         bar.close()
         self.trained_model.train()
-        self._summarise_self_samples(folder)
+        self._summarise_self_samples(folder, len(chunks))
 
-    def _summarise_self_samples(self, folder: Path) -> None:
-        everything = load_self_samples(folder)
+    def _summarise_self_samples(self, folder: Path, chunks: int) -> None:
+        everything = load_self_samples(folder, chunks)
         iou = everything["iou"]
         kept = iou >= self.options.min_iou
         atomic_write_json(folder / "summary.json", {
@@ -283,18 +293,13 @@ def _write_chunk(path: Path, arrays: dict[str, np.ndarray]) -> None:
     partial.replace(path)
 
 
-def load_self_samples(folder: Path) -> dict[str, np.ndarray]:
-    chunks = sorted(folder.glob("chunk_?????.npz"))
-    if not chunks:
-        raise FileNotFoundError(f"{folder}: no self-sample chunks; the organ attention stage writes them first")
-    loaded = [dict(np.load(path)) for path in chunks]
+def load_self_samples(folder: Path, chunks: int) -> dict[str, np.ndarray]:
+    """The first ``chunks`` chunk files, concatenated: index, images, masks, prompts, iou."""
+    missing = [path for path in (_chunk_path(folder, c) for c in range(chunks)) if not path.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{missing[0]} is missing; the organ attention stage writes the self-samples first")
+    loaded = [dict(np.load(_chunk_path(folder, c))) for c in range(chunks)]
     return {key: np.concatenate([chunk[key] for chunk in loaded]) for key in loaded[0]}
-
-
-def kept_self_samples(folder: Path, min_iou: float) -> dict[str, np.ndarray]:
-    everything = load_self_samples(folder)
-    keep = everything["iou"] >= min_iou
-    return {key: value[keep] for key, value in everything.items()}
 
 
 def train_organ_attention(config: OrganAttentionConfig, resume: str | None = None) -> Path:
