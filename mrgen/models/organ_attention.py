@@ -122,6 +122,8 @@ class OrganBiasedAttnProcessor:
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args, **kwargs):
+        if attention_mask is not None:
+            raise ValueError("organ attention does not take an encoder attention mask (the prompts are padded)")
         residual = hidden_states
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
         if attn.norm_cross and encoder_hidden_states is not None:

@@ -122,6 +122,9 @@ class OrganAttentionStage:
         self.options = options = config.organ_attention
         model, train = config.model, config.train
         self.pretrained = require_pretrained_path(model, "organ attention", "the trained vae/ and unet/")
+        if train.cache_latents:
+            raise ValueError("train.cache_latents is not supported by the organ attention stage: half of every batch "
+                             "is this run's own samples; set it to false")
         self.dtype = weight_dtype(accelerator)
         self.vae = freeze(load_pretrained(self.pretrained, VAE), accelerator.device, self.dtype)
         self.resolution = model.resolution or int(self.vae.config.sample_size)
