@@ -166,11 +166,18 @@ class UNetConfig(StageConfig):
 
 
 @dataclass
-class ControlNetConfig(StageConfig):
+class PairStageConfig(StageConfig):
+    """What the two stages that learn a source/target pair's mask conditioning share."""
+
     model: DiffusionModelSection = field(default_factory=DiffusionModelSection)
     data: PairConfig | None = None  # required: the source/target pair
     train: DiffusionTrainSection = field(default_factory=DiffusionTrainSection)
     validation: ValidationSection = field(default_factory=lambda: ValidationSection(guidance_scale=6.0))
+
+
+@dataclass
+class ControlNetConfig(PairStageConfig):
+    pass
 
 
 @dataclass
@@ -188,11 +195,7 @@ class OrganAttentionSection:
 
 
 @dataclass
-class OrganAttentionConfig(StageConfig):
-    model: DiffusionModelSection = field(default_factory=DiffusionModelSection)
-    data: PairConfig | None = None  # required: the source/target pair
-    train: DiffusionTrainSection = field(default_factory=DiffusionTrainSection)
-    validation: ValidationSection = field(default_factory=lambda: ValidationSection(guidance_scale=6.0))
+class OrganAttentionConfig(PairStageConfig):
     organ_attention: OrganAttentionSection = field(default_factory=OrganAttentionSection)
 
 

@@ -134,12 +134,17 @@ def copy_fp16(source: Path, destination: Path) -> None:
               destination / "diffusion_pytorch_model.safetensors")
 
 
+def copy_pipeline(pipeline: Path, destination: Path, models: tuple[str, ...], files: tuple[str, ...]) -> None:
+    """A pipeline folder's ``models`` in fp16, its scheduler and its ``files``."""
+    for component in models:
+        copy_fp16(pipeline / component, destination / component)
+    shutil.copytree(pipeline / "scheduler", destination / "scheduler", dirs_exist_ok=True)
+    for file in files:
+        shutil.copy2(pipeline / file, destination / file)
+
+
 def assemble(args: argparse.Namespace, work: Path, out: Path) -> None:
-    unet_pipeline = work / "unet" / "pipeline"
-    for component in ("vae", "unet"):
-        copy_fp16(unet_pipeline / component, out / component)
-    shutil.copytree(unet_pipeline / "scheduler", out / "scheduler", dirs_exist_ok=True)
-    shutil.copy2(unet_pipeline / "text_encoder.json", out / "text_encoder.json")
+    copy_pipeline(work / "unet" / "pipeline", out, ("vae", "unet"), ("text_encoder.json",))
     for name in args.pairs:
         copy_fp16(work / name / "pipeline" / "controlnet", out / name)
         shutil.copy2(work / name / "pipeline" / "pair.json", out / name / "pair.json")
@@ -152,12 +157,8 @@ def train_organ_attention(args: argparse.Namespace, work: Path, out: Path) -> di
         stage(name, work / name, ["train_organ_attention.py", "--config", str(ORGAN_ATTENTION[name]),
                                   f"output_dir={work}/{name}", f"model.pretrained_model_path={out}",
                                   f"data.data_root={work / 'data'}", f"train.num_threads={args.threads}"], times)
-        pipeline = work / name / "pipeline"
-        for component in ("vae", "unet", "organ_attention"):
-            copy_fp16(pipeline / component, out / name / component)
-        shutil.copytree(pipeline / "scheduler", out / name / "scheduler", dirs_exist_ok=True)
-        for file in ("text_encoder.json", "pair.json"):
-            shutil.copy2(pipeline / file, out / name / file)
+        copy_pipeline(work / name / "pipeline", out / name, ("vae", "unet", "organ_attention"),
+                      ("text_encoder.json", "pair.json"))
     return times
 
 

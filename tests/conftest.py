@@ -29,6 +29,18 @@ torch.set_num_threads(2)
 
 ORGANS = ["liver", "right kidney", "left kidney", "spleen"]
 TINY = Path(__file__).resolve().parents[1] / "ckpt" / "tiny"
+# the pair config of synthesis tests on the ``phantom`` fixture
+PHANTOM_PAIR_YAML = """
+data:
+  name: phantom_T1_to_T2-SPIR
+  data_root: {root}
+  source_indexes: [Phantom_T1-InPhase_train.json]
+  target_indexes: [Phantom_T2-SPIR_train.json]
+  inference_indexes: [Phantom_T1-InPhase_test.json]
+  target_modality: T2 SPIR Abdomen MRI
+  organs: [liver, right kidney, left kidney, spleen]
+  organ_weights: [0.3, 0.5, 0.4, 0.6]
+"""
 
 
 def make_toy_index(root: Path, name: str, modality: str, patients: int = 3, slices: int = 2,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import PHANTOM_PAIR_YAML
 from mrgen.models.builders import UNET, load_pretrained
 from mrgen.models.organ_attention import (OrganAttention, cross_attention_layers, new_organ_attention_weights,
                                           organ_token_matrix)
@@ -107,23 +108,10 @@ def test_pipeline_folder_loads_organ_attention(organ_attention_pipeline: Path) -
     assert not parts.organ_attention.weight.requires_grad
 
 
-SYNTHESIS_PAIR = """
-data:
-  name: phantom_T1_to_T2-SPIR
-  data_root: {root}
-  source_indexes: [Phantom_T1-InPhase_train.json]
-  target_indexes: [Phantom_T2-SPIR_train.json]
-  inference_indexes: [Phantom_T1-InPhase_test.json]
-  target_modality: T2 SPIR Abdomen MRI
-  organs: [liver, right kidney, left kidney, spleen]
-  organ_weights: [0.3, 0.5, 0.4, 0.6]
-"""
-
-
 def test_synthesis_through_organ_attention_alone_and_without_any_conditioning(
         phantom: Path, pipeline: Path, organ_attention_pipeline: Path, tmp_path: Path) -> None:
     config = tmp_path / "pair.yml"
-    config.write_text(SYNTHESIS_PAIR.format(root=phantom))
+    config.write_text(PHANTOM_PAIR_YAML.format(root=phantom))
     common = dict(config=str(config), steps=2, num_images_per_prompt=2, max_tries_per_mask=2, max_masks=2,
                   num_gpus=1, iou_threshold=0.0, confidence_threshold=0.0, avg_iou_threshold=0.0,
                   avg_confidence_threshold=0.0)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import PHANTOM_PAIR_YAML
 from mrgen.data.index import load_index
 from mrgen.data.preprocess import preprocess_image, preprocess_mask
 from mrgen.filtering.mask_following import mask_following
@@ -17,23 +18,11 @@ from mrgen.synthesis import manifest
 from mrgen.synthesis.run import SynthesisOptions, synthesize
 from mrgen.synthesis.seeds import candidate_seed
 
-PAIR_YAML = """
-data:
-  name: phantom_T1_to_T2-SPIR
-  data_root: {root}
-  source_indexes: [Phantom_T1-InPhase_train.json]
-  target_indexes: [Phantom_T2-SPIR_train.json]
-  inference_indexes: [Phantom_T1-InPhase_test.json]
-  target_modality: T2 SPIR Abdomen MRI
-  organs: [liver, right kidney, left kidney, spleen]
-  organ_weights: [0.3, 0.5, 0.4, 0.6]
-"""
-
 
 @pytest.fixture
 def options(phantom, pipeline, tmp_path):
     config = tmp_path / "pair.yml"
-    config.write_text(PAIR_YAML.format(root=phantom))
+    config.write_text(PHANTOM_PAIR_YAML.format(root=phantom))
 
     def make(**overrides) -> SynthesisOptions:
         values = dict(ckpt=str(pipeline), log_dir=str(tmp_path / "run"), config=str(config), steps=2,

@@ -49,6 +49,11 @@ class OrganAttentionWeights(ModelMixin, ConfigMixin):
         self.weight = torch.nn.Parameter(torch.full((len(layers),), float(initial_weight)))
 
 
+def stack_organ_masks(masks: Sequence[np.ndarray | None], shape: tuple[int, int]) -> np.ndarray:
+    """Per-organ (H, W) masks, ``None`` for an organ the slice lacks -> (organs, H, W) bool."""
+    return np.stack([np.zeros(tuple(shape), bool) if m is None else np.asarray(m, bool) for m in masks])
+
+
 def cross_attention_layers(unet: UNet2DConditionModel) -> list[str]:
     return [name for name in unet.attn_processors if name.endswith(CROSS_ATTENTION_SUFFIX)]
 

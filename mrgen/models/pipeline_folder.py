@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
+from transformers import PreTrainedTokenizerBase
 
 from mrgen.io.atomic import atomic_write_json
 from mrgen.models.builders import (CONTROLNET, ORGAN_ATTENTION, UNET, VAE, ModelFolderError, component_dir,
@@ -33,7 +34,7 @@ from mrgen.models.builders import (CONTROLNET, ORGAN_ATTENTION, UNET, VAE, Model
 from mrgen.models.organ_attention import OrganAttentionWeights
 from mrgen.models.text_encoders import (OPEN_CLIP_CONFIG, RELEASED_ENCODER_DIR, RELEASED_TOKENIZER_DIR,
                                         TextEncoder, TextEncoderError, check_text_encoder,
-                                        load_text_encoder)
+                                        load_text_encoder, load_tokenizer)
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ class TextEncoderSpec:
 
     def load(self) -> TextEncoder:
         return load_text_encoder(self.kind, self.path)
+
+    def load_tokenizer(self) -> PreTrainedTokenizerBase:
+        return load_tokenizer(self.kind, self.path)
 
 
 @dataclass

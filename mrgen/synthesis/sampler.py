@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
-from mrgen.models.organ_attention import OrganAttention
+from mrgen.models.organ_attention import OrganAttention, stack_organ_masks
 from mrgen.models.sampling import denoise, forward_passes
 from mrgen.synthesis.seeds import initial_noise
 
@@ -89,7 +89,7 @@ class MaskSampler:
             return contextlib.nullcontext()
         if organ_masks is None:
             raise ValueError("this sampler uses organ attention: pass the organ masks to generate()")
-        masks = np.stack([np.zeros(tuple(shape), bool) if m is None else np.asarray(m, bool) for m in organ_masks])
+        masks = stack_organ_masks(organ_masks, shape)
         return self.organ_attention.conditioned([prompt] * batch, np.broadcast_to(masks, (batch, *masks.shape)))
 
 

@@ -41,7 +41,8 @@ from mrgen.filtering.offline import OfflineFilter
 from mrgen.io.atomic import atomic_write_json
 from mrgen.models.builders import ORGAN_ATTENTION, UNET, VAE, load_pretrained, noise_scheduler, sampling_scheduler, \
     vae_scale_factor
-from mrgen.models.organ_attention import OrganAttention, OrganAttentionWeights, new_organ_attention_weights
+from mrgen.models.organ_attention import (OrganAttention, OrganAttentionWeights, new_organ_attention_weights,
+                                          stack_organ_masks)
 from mrgen.models.pipeline_folder import export_frozen, write_text_encoder
 from mrgen.models.sampling import denoise
 from mrgen.synthesis.sampler import make_scheduler
@@ -61,8 +62,7 @@ CHUNK = 50  # self-sample masks per file
 
 def organ_masks(pair: PairConfig, condition: np.ndarray) -> np.ndarray:
     """An encoded condition -> (organs, S, S) bool, all False for an organ the slice lacks."""
-    decoded = pair.encoding.decode(condition, len(pair.organs))
-    return np.stack([np.zeros(condition.shape[-2:], bool) if m is None else np.asarray(m, bool) for m in decoded])
+    return stack_organ_masks(pair.encoding.decode(condition, len(pair.organs)), condition.shape[-2:])
 
 
 def mean_present_iou(ious: list[float], masks: np.ndarray) -> float:
@@ -136,7 +136,7 @@ class OrganAttentionStage:
         weights = load_pretrained(model.init_from, ORGAN_ATTENTION) if model.init_from else \
             new_organ_attention_weights(unet, options.initial_weight)
         self.weights: OrganAttentionWeights = weights.to(accelerator.device)
-        self.attention = OrganAttention(unet, self.weights, self.text_spec.load().tokenizer, self.pair.organs,
+        self.attention = OrganAttention(unet, self.weights, self.text_spec.load_tokenizer(), self.pair.organs,
                                         self.scheduler_config["num_train_timesteps"])
         self._select_trained(unet)
         self.trained_model = unet
