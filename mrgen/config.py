@@ -176,22 +176,41 @@ class PairStageConfig(StageConfig):
 
 
 @dataclass
-class ControlNetConfig(PairStageConfig):
-    pass
+class SelfSamplingSection:
+    """Self-samples: training source masks rendered with the target prompt and organ-word attention, scored by the
+    offline segmenter (mrgen.training.self_samples)."""
+
+    self_samples: int = 800  # training source masks rendered in the target modality
+    sampling_steps: int = 20  # DPM-Solver++ steps
+    guidance_scale: float = 6.0
+    sampling_batch: int = 8
 
 
 @dataclass
-class OrganAttentionSection:
-    """The organ-word attention stage (mrgen.training.organ_attention_stage; docs/mask_following.md round 12)."""
+class SelfTrainingSection(SelfSamplingSection):
+    """Target-modality pairs for the ControlNet stage (docs/mask_following.md round 14): an organ-attention pipeline
+    folder renders self-samples; the kept ones join the training pairs with the segmenter's organ regions as their
+    masks. Off unless ``organ_attention`` is set."""
+
+    organ_attention: str | None = None  # a train_organ_attention.py pipeline folder (unet/ and organ_attention/)
+    min_organ_iou: float = 0.4  # kept when every present organ's segmented region reaches this IoU with its mask
+    share: float = 0.5  # self-sample items per real training item in an epoch (the kept ones, cycled)
+
+
+@dataclass
+class ControlNetConfig(PairStageConfig):
+    self_training: SelfTrainingSection = field(default_factory=SelfTrainingSection)
+
+
+@dataclass
+class OrganAttentionSection(SelfSamplingSection):
+    """The organ-word attention stage (mrgen.training.organ_attention_stage; docs/mask_following.md round 12); its
+    self-samples are rendered with the untrained bias."""
 
     initial_weight: float = 10.0  # w of every cross-attention layer before training
     weight_learning_rate: float = 1e-2  # for the per-layer weights w (train.learning_rate is the UNet's)
     trained: Literal["cross_attention", "unet"] = "cross_attention"  # which UNet parameters are trained with w
-    self_samples: int = 800  # training source masks rendered in the target modality with the untrained bias
     min_iou: float = 0.45  # a self-sample is kept when its organs' mean IoU with their masks reaches this
-    sampling_steps: int = 20  # DPM-Solver++ steps for the self-samples
-    guidance_scale: float = 6.0
-    sampling_batch: int = 8
 
 
 @dataclass

@@ -1,13 +1,14 @@
 """The paper's Table 3 experiment on the simulated dataset (see mrgen/pipeline/benchmark.py).
 
     python scripts/benchmark_downstream.py [--budget mini|default|full] [--out runs/benchmark_downstream]
-                                           [--retrain] [--seed 0]
+                                           [--retrain] [--seed 0] [--pairs T1-InPhase:T2-SPIR ...] [--conditions a e ...]
 
 ``default`` finishes on 2 idle CPU cores in about 85 minutes (measured: 5,046 s, most of it the eleven nnU-Net
 trainings); ``full`` (longer nnU-Net training, the original's synthesis settings, every mask) is meant for a GPU.
 ``--retrain`` trains the model zoo again (scripts/train_zoo.py) into <out>/zoo and uses it. Stages are resumable:
 run the same command again after an interruption. Writes benchmark.md (table), benchmark.json (every number and
-the config) and benchmark.png (bar chart).
+the config) and benchmark.png (bar chart). ``--pairs`` and ``--conditions`` run a part of the table (the rest
+reads n/a); with the same seed each number equals the full run's.
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import argparse
 import logging
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mrgen.pipeline.benchmark import BenchmarkConfig, run_benchmark, with_budget, with_zoo  # noqa: E402
+from mrgen.pipeline.benchmark import (CONDITIONS, BenchmarkConfig, PairSpec, run_benchmark, with_budget,  # noqa: E402
+                                      with_zoo)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,6 +35,14 @@ def retrain_zoo(out: str) -> str:
     return str(zoo)
 
 
+def selected_pairs(pairs: list[PairSpec], names: list[str]) -> list[PairSpec]:
+    by_name = {f"{p.source}:{p.target}": p for p in pairs}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise SystemExit(f"unknown --pairs {unknown}; choose from {list(by_name)}")
+    return [by_name[n] for n in names]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", default="default", choices=["mini", "default", "full"])
@@ -39,12 +50,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--zoo", default="zoo/phantom", help="model zoo folder (ignored with --retrain)")
     parser.add_argument("--retrain", action="store_true", help="train the model zoo again first")
+    parser.add_argument("--pairs", nargs="*", metavar="SOURCE:TARGET", help="only these pairs (default: all)")
+    parser.add_argument("--conditions", nargs="*", choices=list(CONDITIONS), default=list(CONDITIONS),
+                        help="only these columns (default: all)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("accelerate", "diffusers", "mrgen.data.phantom", "mrgen.synthesis.run"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    config = with_budget(BenchmarkConfig(out=args.out, seed=args.seed), args.budget)
+    config = with_budget(BenchmarkConfig(out=args.out, seed=args.seed, conditions=args.conditions), args.budget)
     config = with_zoo(config, retrain_zoo(args.out) if args.retrain else args.zoo)
+    if args.pairs:
+        config = replace(config, pairs=selected_pairs(config.pairs, args.pairs))
     print(run_benchmark(config))
 
 

@@ -11,8 +11,11 @@ folders in fp16 safetensors:
     <out>/vae/ unet/ scheduler/ text_encoder.json      (a pipeline folder for synthesize_filter_multi.py --ckpt)
     <out>/controlnet_<source>_to_<target>/              (--controlnet)
     <out>/organ_attention_<source>_to_<target>/         (a pipeline folder of its own: --ckpt)
+    <out>/controlnet_self_trained_<source>_to_<target>/ (--controlnet)
 
-The organ attention (train_organ_attention.py) starts from the zoo's own fp16 UNet, after the others.
+The organ attention (train_organ_attention.py) starts from the zoo's own fp16 UNet, after the others; the
+self-trained ControlNet (train_controlnet.py with self_training, docs/mask_following.md round 14) starts from the
+zoo's ControlNet of its pair and learns from the zoo organ attention's self-samples, last.
 
 Example (about an hour and a half on 2 CPU cores, most of it the three 3,000-step ControlNets):
     python scripts/train_zoo.py --out zoo/phantom --work runs/zoo
@@ -42,6 +45,11 @@ PAIRS = {  # zoo folder name -> (config, extra overrides)
 }
 
 ORGAN_ATTENTION = {"organ_attention_T1-InPhase_to_T2-SPIR": CONFIGS / "organ_attention_phantom_T1_to_T2-SPIR.yml"}
+SELF_TRAINED = {  # zoo folder name -> (config, the ControlNet it starts from, the organ attention it learns from)
+    "controlnet_self_trained_T1-InPhase_to_T2-SPIR": (CONFIGS / "controlnet_self_trained_phantom_T1_to_T2-SPIR.yml",
+                                                      "controlnet_T1-InPhase_to_T2-SPIR",
+                                                      "organ_attention_T1-InPhase_to_T2-SPIR"),
+}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,6 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--controlnet_steps", type=int, help="default: the config's")
     p.add_argument("--pairs", nargs="*", default=list(PAIRS), choices=list(PAIRS))
     p.add_argument("--organ_attention", nargs="*", default=list(ORGAN_ATTENTION), choices=list(ORGAN_ATTENTION))
+    p.add_argument("--self_trained", nargs="*", default=list(SELF_TRAINED), choices=list(SELF_TRAINED))
     p.add_argument("--threads", type=int, default=2, help="torch threads of the VAE and UNet processes")
     p.add_argument("--jobs", type=int, default=2, help="ControlNets trained at the same time (one per core)")
     return p.parse_args(argv)
@@ -146,8 +155,12 @@ def copy_pipeline(pipeline: Path, destination: Path, models: tuple[str, ...], fi
 def assemble(args: argparse.Namespace, work: Path, out: Path) -> None:
     copy_pipeline(work / "unet" / "pipeline", out, ("vae", "unet"), ("text_encoder.json",))
     for name in args.pairs:
-        copy_fp16(work / name / "pipeline" / "controlnet", out / name)
-        shutil.copy2(work / name / "pipeline" / "pair.json", out / name / "pair.json")
+        copy_controlnet(work / name / "pipeline", out / name)
+
+
+def copy_controlnet(pipeline: Path, destination: Path) -> None:
+    copy_fp16(pipeline / "controlnet", destination)
+    shutil.copy2(pipeline / "pair.json", destination / "pair.json")
 
 
 def train_organ_attention(args: argparse.Namespace, work: Path, out: Path) -> dict[str, float]:
@@ -162,6 +175,19 @@ def train_organ_attention(args: argparse.Namespace, work: Path, out: Path) -> di
     return times
 
 
+def train_self_trained(args: argparse.Namespace, work: Path, out: Path) -> dict[str, float]:
+    """Self-trained ControlNets from the assembled zoo; each one's ControlNet copied into the zoo."""
+    times: dict[str, float] = {}
+    for name in args.self_trained:
+        config, controlnet, organ_attention = SELF_TRAINED[name]
+        stage(name, work / name, ["train_controlnet.py", "--config", str(config), f"output_dir={work}/{name}",
+                                  f"model.pretrained_model_path={out}", f"model.init_from={out / controlnet}",
+                                  f"self_training.organ_attention={out / organ_attention}",
+                                  f"data.data_root={work / 'data'}", f"train.num_threads={args.threads}"], times)
+        copy_controlnet(work / name / "pipeline", out / name)
+    return times
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     work, out = Path(args.work), Path(args.out)
@@ -169,6 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     times = train_all(args, work)
     assemble(args, work, out)
     times.update(train_organ_attention(args, work, out))
+    times.update(train_self_trained(args, work, out))
     record = work / "times.json"
     previous = json.loads(record.read_text()) if record.is_file() else {}
     record.write_text(json.dumps({**previous, **times}, indent=2) + "\n")

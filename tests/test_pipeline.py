@@ -21,12 +21,13 @@ MINIATURE = ["synthesis.max_masks=4", "synthesis.max_tries_per_mask=2", "synthes
 
 
 @pytest.mark.slow
-def test_pipeline_runs_end_to_end_and_resumes(organ_attention_pipeline, tmp_path, monkeypatch):
+def test_pipeline_runs_end_to_end_and_resumes(pipeline, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     out = tmp_path / "run"
     config = load_config(REPO / "training_configs/pipeline/demo.yml", PipelineConfig,
-                         [f"out={out}", f"models.organ_attention={organ_attention_pipeline}", *MINIATURE])
-    assert config.models.conditioning == "organ_attention"  # the demo's; the benchmark test runs the ControlNet
+                         [f"out={out}", f"models.zoo={pipeline}", f"models.self_trained_controlnet={pipeline / 'controlnet'}",
+                          *MINIATURE])
+    assert config.models.conditioning == "self_trained_controlnet"  # the demo's
     report = run_pipeline(config)
     text = report.read_text()
     for picture in ("phantom/preview.png", "synthetic_samples.png", "synthesis/filter_scores.png"):
@@ -60,7 +61,8 @@ def test_benchmark_in_miniature_writes_a_full_table(pipeline, organ_attention_pi
     zoo = tmp_path / "zoo"
     for part in ("vae", "unet", "scheduler", "text_encoder.json"):
         (shutil.copytree if (pipeline / part).is_dir() else shutil.copyfile)(pipeline / part, zoo / part)
-    for name in ("controlnet_T1-InPhase_to_T2-SPIR", "controlnet_T1-InPhase_to_T2-SPIR_no_target_images"):
+    for name in ("controlnet_T1-InPhase_to_T2-SPIR", "controlnet_T1-InPhase_to_T2-SPIR_no_target_images",
+                 "controlnet_self_trained_T1-InPhase_to_T2-SPIR"):
         shutil.copytree(pipeline / "controlnet", zoo / name)
     shutil.copytree(organ_attention_pipeline, zoo / "organ_attention_T1-InPhase_to_T2-SPIR")
     config = with_zoo(with_budget(BenchmarkConfig(out=str(tmp_path / "bench")), "mini"), str(zoo))
@@ -70,7 +72,7 @@ def test_benchmark_in_miniature_writes_a_full_table(pipeline, organ_attention_pi
     table = run_benchmark(config).read_text()
     row = next(line for line in table.splitlines() if line.startswith("| T1-InPhase -> T2-SPIR |"))
     cells = [c.strip() for c in row.strip("|").split("|")[1:]]
-    assert len(cells) == 7 and all(c.replace(".", "").isdigit() for c in cells), row
+    assert len(cells) == 8 and all(c.replace(".", "").isdigit() for c in cells), row
     assert (tmp_path / "bench" / "benchmark.png").is_file() and (tmp_path / "bench" / "benchmark.json").is_file()
 
 
@@ -92,8 +94,29 @@ def test_benchmark_table_marks_a_condition_without_accepted_samples(tmp_path):
                                          "d_no_target": None, "e": evaluated(0.9)}}
     table = write_outputs(tmp_path, BenchmarkConfig(out=str(tmp_path)), results, StageRunner(tmp_path, []))
     row = next(line for line in table.read_text().splitlines() if line.startswith("| T1-InPhase -> T2-SPIR |"))
-    assert row.split("|")[2:9] == [" 10.0 ", " 20.0 ", " n/a ", " n/a ", " 30.0 ", " n/a ", " 90.0 "]
+    assert row.split("|")[2:10] == [" 10.0 ", " 20.0 ", " n/a ", " n/a ", " n/a ", " 30.0 ", " n/a ", " 90.0 "]
     assert (tmp_path / "benchmark.png").is_file()
+
+
+def test_benchmark_runs_a_chosen_part_of_the_table(tmp_path):
+    import sys
+
+    from mrgen.pipeline.benchmark import CONDITIONS, BenchmarkConfig, PairBenchmark
+    from mrgen.pipeline.stages import StageRunner
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    from benchmark_downstream import selected_pairs
+
+    with pytest.raises(ValueError, match="unknown benchmark conditions"):
+        BenchmarkConfig(conditions=["c", "z"])
+    config = BenchmarkConfig(out=str(tmp_path), conditions=[])
+    assert [p.target for p in selected_pairs(config.pairs, ["T2-SPIR:T1-InPhase"])] == ["T1-InPhase"]
+    with pytest.raises(SystemExit, match="unknown --pairs"):
+        selected_pairs(config.pairs, ["T1:T2"])
+    runner = StageRunner(tmp_path, ["pair0_test_set"])
+    runner.run("pair0_test_set", lambda: {"dataset": str(tmp_path)})  # finished: the benchmark reads it back
+    results = PairBenchmark(config, config.pairs[0], 0, tmp_path, runner).run()
+    assert set(results) == set(CONDITIONS) and all(r is None for r in results.values())  # no condition chosen
 
 
 def test_synthetic_figure_shows_accepted_samples_first_then_one_rejected_per_other_mask():
@@ -117,3 +140,18 @@ def test_organ_attention_conditioning_takes_its_pipeline_folder_and_no_controlne
                           ["models.conditioning=organ_attention", f"models.organ_attention={tmp_path / 'none'}"])
     with pytest.raises(FileNotFoundError, match="make demo-full"):
         zoo_models(missing)
+
+
+def test_self_trained_controlnet_conditioning_trains_organ_attention_first(tmp_path):
+    from mrgen.config import ControlNetConfig
+    from mrgen.pipeline.demo import stage_names, zoo_models
+
+    demo = REPO / "training_configs/pipeline/demo.yml"
+    names = stage_names(load_config(demo, PipelineConfig, ["models.train=true"]))
+    assert names[names.index("train_unet") + 1:names.index("synthesis")] == ["train_organ_attention", "train_controlnet"]
+    config = load_config(demo, PipelineConfig, [f"models.zoo={REPO / 'zoo/phantom'}",
+                                                f"models.self_trained_controlnet={tmp_path}"])
+    assert zoo_models(config) == (REPO / "zoo/phantom", tmp_path)
+    pair = load_config(REPO / "training_configs/controlnet/phantom_T1_to_T2-SPIR.yml", ControlNetConfig,
+                       [f"self_training.organ_attention={tmp_path}", "train.cache_latents=false"])
+    assert pair.self_training.organ_attention == str(tmp_path) and ControlNetConfig().self_training.organ_attention is None

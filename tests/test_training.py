@@ -17,6 +17,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from accelerate import Accelerator
@@ -26,8 +27,8 @@ from safetensors.torch import load_file
 
 from conftest import ORGANS, make_toy_index
 from mrgen.config import (ControlNetConfig, DiffusionModelSection, DiffusionTrainSection, ImageTextData,
-                          OrganAttentionConfig, OrganAttentionSection, UNetConfig, ValidationSection, VAEConfig,
-                          VAEModelSection, VAETrainSection, dump_yaml)
+                          OrganAttentionConfig, OrganAttentionSection, SelfTrainingSection, UNetConfig,
+                          ValidationSection, VAEConfig, VAEModelSection, VAETrainSection, dump_yaml)
 from mrgen.data.datasets import ImageTextDataset, PairConfig
 from mrgen.models import ORGAN_ATTENTION, TextEncoderError, build_from_config, load_pretrained
 from mrgen.training import checkpoints, train_controlnet, train_organ_attention, train_unet, train_vae
@@ -141,17 +142,30 @@ def test_controlnet_stage_trains_from_the_unet(toy_data, unet_pipeline: Path, tm
     assert "Clean-latent error of the source slices" in following
 
 
-def test_organ_attention_stage_self_trains_only_cross_attention_and_resumes(toy_data, unet_pipeline: Path,
-                                                                            tmp_path: Path) -> None:
-    def config(steps: int, self_samples: int = 3) -> OrganAttentionConfig:
-        return OrganAttentionConfig(
-            name="toy_oa", output_dir=str(tmp_path), seed=0, data=toy_pair(toy_data),
-            model=DiffusionModelSection(config_path=TINY, pretrained_model_path=str(unet_pipeline)),
-            train=diffusion_train(max_train_steps=steps, checkpointing_steps=1), validation=VALIDATION,
-            organ_attention=OrganAttentionSection(self_samples=self_samples, min_iou=0.0, sampling_steps=2,
-                                                  sampling_batch=2))
+@pytest.fixture(scope="module")
+def organ_attention_run(toy_data, unet_pipeline: Path, tmp_path_factory) -> Path:
+    """An organ-attention run's output folder (two steps; three self-samples)."""
+    out = tmp_path_factory.mktemp("oa_run")
+    train_organ_attention(organ_attention_config(out, toy_data, unet_pipeline, steps=2))
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    return out
 
-    pipeline = train_organ_attention(config(2))
+
+def organ_attention_config(out: Path, data: dict[str, Path], unet_pipeline: Path, steps: int,
+                           self_samples: int = 3) -> OrganAttentionConfig:
+    return OrganAttentionConfig(
+        name="toy_oa", output_dir=str(out), seed=0, data=toy_pair(data),
+        model=DiffusionModelSection(config_path=TINY, pretrained_model_path=str(unet_pipeline)),
+        train=diffusion_train(max_train_steps=steps, checkpointing_steps=1), validation=VALIDATION,
+        organ_attention=OrganAttentionSection(self_samples=self_samples, min_iou=0.0, sampling_steps=2,
+                                              sampling_batch=2))
+
+
+def test_organ_attention_stage_self_trains_only_cross_attention_and_resumes(toy_data, unet_pipeline: Path,
+                                                                            organ_attention_run: Path) -> None:
+    tmp_path = organ_attention_run
+    pipeline = tmp_path / "pipeline"
     assert load_pretrained(pipeline, ORGAN_ATTENTION).weight.ne(10.0).all()
     start = load_file(unet_pipeline / "unet" / "diffusion_pytorch_model.safetensors")
     trained = load_file(pipeline / "unet" / "diffusion_pytorch_model.safetensors")
@@ -165,13 +179,37 @@ def test_organ_attention_stage_self_trains_only_cross_attention_and_resumes(toy_
     chunk = (samples / "chunk_00000.npz").stat().st_mtime_ns
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
-    train_organ_attention(config(3), resume="latest")
+    train_organ_attention(organ_attention_config(tmp_path, toy_data, unet_pipeline, steps=3), resume="latest")
     assert (samples / "chunk_00000.npz").stat().st_mtime_ns == chunk  # not sampled again
     assert checkpoints.list_checkpoints(tmp_path / "checkpoints")[-1].name == "checkpoint-3"
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
     with pytest.raises(ValueError, match="holds other masks"):  # a changed sample count never mixes two runs
-        train_organ_attention(config(4, self_samples=2), resume="latest")
+        train_organ_attention(organ_attention_config(tmp_path, toy_data, unet_pipeline, steps=4, self_samples=2),
+                              resume="latest")
+
+
+def test_controlnet_self_training_adds_segmented_target_pairs(toy_data, unet_pipeline: Path, organ_attention_run: Path,
+                                                               tmp_path: Path) -> None:
+    def config(**train) -> ControlNetConfig:
+        return ControlNetConfig(
+            name="toy_cn_self", output_dir=str(tmp_path), seed=0, data=toy_pair(toy_data),
+            model=DiffusionModelSection(config_path=TINY, pretrained_model_path=str(unet_pipeline)),
+            train=diffusion_train(max_train_steps=1, **train), validation=VALIDATION,
+            self_training=SelfTrainingSection(organ_attention=str(organ_attention_run / "pipeline"), self_samples=3,
+                                              min_organ_iou=0.0, sampling_steps=2, sampling_batch=2, share=1.0))
+
+    with pytest.raises(ValueError, match="cache_latents"):
+        train_controlnet(config(cache_latents=True))
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    assert (train_controlnet(config(cache_latents=False)) / "controlnet").is_dir()
+    samples = tmp_path / "self_samples"
+    summary = json.loads((samples / "summary.json").read_text())
+    assert summary["masks"] == 3 and summary["kept"] == 3 and "every organ" in summary["rule"]
+    chunk = np.load(samples / "chunk_00000.npz")
+    assert chunk["regions"].shape == chunk["masks"].shape and chunk["organ_iou"].shape == (3, len(ORGANS))
+    assert (samples / "examples.png").is_file()
 
 
 def test_condition_embedding_init_default_lets_the_mask_in_from_step_0(toy_data, unet_pipeline: Path,

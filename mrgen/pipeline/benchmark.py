@@ -7,8 +7,8 @@ For each pair (source -> target) nnU-Net 2D is trained on
   (c) MRGen: synthetic target slices from source masks, after the quality filter,
   (d) (c) without the filter, and (c) from a ControlNet trained without target images (the ablation),
   (e) real target slices with their masks (D_t, the upper bound),
-and, where the zoo has it, (c) with organ-word attention instead of the ControlNet (ours, not in the paper),
-and evaluated in 3D on held-out real target volumes. Everything is a stage (resumable); the output is a
+and, where the zoo has them, (c) with organ-word attention instead of the ControlNet and (c) with the ControlNet
+self-trained on organ attention's target-modality samples (ours, not in the paper), and evaluated in 3D on held-out real target volumes. Everything is a stage (resumable); the output is a
 markdown table shaped like the paper's, a JSON with every number and the config, and a bar chart.
 """
 
@@ -38,6 +38,7 @@ CONDITIONS = {
     "b": ("D_s + intensity augmentation", 2),
     "c": ("MRGen (filtered)", 3),
     "c_organ_attention": ("MRGen, organ attention (filtered)", 7),
+    "c_self_trained": ("MRGen, self-trained ControlNet (filtered)", 8),
     "d_unfiltered": ("MRGen without filter", 4),
     "d_no_target": ("MRGen, ControlNet without D_t images", 5),
     "e": ("D_t: real target (upper bound)", 6),
@@ -52,6 +53,7 @@ class PairSpec:
     controlnet: str
     ablation_controlnet: str  # trained with data.use_target_images=false; "" if there is none
     organ_attention: str = ""  # an organ-attention pipeline folder (train_organ_attention.py); "" if there is none
+    self_trained_controlnet: str = ""  # a ControlNet trained with self_training (round 14); "" if there is none
 
     @property
     def name(self) -> str:
@@ -66,7 +68,8 @@ class BenchmarkConfig:
     pairs: list[PairSpec] = field(default_factory=lambda: [
         PairSpec("T1-InPhase", "T2-SPIR", "training_configs/controlnet/phantom_T1_to_T2-SPIR.yml",
                  "zoo/phantom/controlnet_T1-InPhase_to_T2-SPIR", "zoo/phantom/controlnet_T1-InPhase_to_T2-SPIR_no_target_images",
-                 "zoo/phantom/organ_attention_T1-InPhase_to_T2-SPIR"),
+                 "zoo/phantom/organ_attention_T1-InPhase_to_T2-SPIR",
+                 "zoo/phantom/controlnet_self_trained_T1-InPhase_to_T2-SPIR"),
         PairSpec("T2-SPIR", "T1-InPhase", "training_configs/controlnet/phantom_T2-SPIR_to_T1.yml",
                  "zoo/phantom/controlnet_T2-SPIR_to_T1-InPhase", ""),
     ])
@@ -74,6 +77,12 @@ class BenchmarkConfig:
     synthesis: SynthesisSection = field(default_factory=lambda: SynthesisSection(max_masks=96, max_tries_per_mask=4))
     segmentation: SegmentationSection = field(default_factory=lambda: SegmentationSection(epochs=20, iterations=25))
     augmentation_copies: int = 2
+    conditions: list[str] = field(default_factory=lambda: list(CONDITIONS))  # the columns to run; the others n/a
+
+    def __post_init__(self) -> None:
+        unknown = set(self.conditions) - set(CONDITIONS)
+        if unknown:
+            raise ValueError(f"unknown benchmark conditions {sorted(unknown)}; choose from {list(CONDITIONS)}")
 
 
 BUDGETS = {
@@ -99,7 +108,8 @@ def with_zoo(config: BenchmarkConfig, zoo: str) -> BenchmarkConfig:
         return str(Path(zoo) / Path(path).name) if path else ""
 
     pairs = [replace(p, controlnet=moved(p.controlnet), ablation_controlnet=moved(p.ablation_controlnet),
-                     organ_attention=moved(p.organ_attention)) for p in config.pairs]
+                     organ_attention=moved(p.organ_attention),
+                     self_trained_controlnet=moved(p.self_trained_controlnet)) for p in config.pairs]
     return replace(config, zoo=zoo, pairs=pairs)
 
 
@@ -123,7 +133,7 @@ class PairBenchmark:
         test_dataset = Path(test["dataset"])
         results = {}
         for key, make in self.training_sets().items():
-            if make is None:
+            if make is None or key not in self.config.conditions:
                 results[key] = None
                 continue
             dataset_id = self.base_id + CONDITIONS[key][1]
@@ -145,16 +155,20 @@ class PairBenchmark:
         source_train = [self.data / f"volumes_{self.pair.source}_train.jsonl"]
         target_train = [self.data / f"volumes_{self.pair.target}_train.jsonl"]
         size = self.config.dataset.size
-        no_target = self.pair.ablation_controlnet and Path(self.pair.ablation_controlnet).is_dir()
-        organ_attention = self.pair.organ_attention and Path(self.pair.organ_attention).is_dir()
+        def have(folder: str) -> bool:
+            return bool(folder) and Path(folder).is_dir()
+
         return {
             "a": lambda i, n: {"dataset": str(self.work.export_real(source_train, "train", i, n, size))},
             "b": lambda i, n: self.augmented(source_train, i, n),
             "c": lambda i, n: self.synthetic("main", "filtered", i, n),
             "c_organ_attention": (lambda i, n: self.synthetic("organ_attention", "filtered", i, n))
-            if organ_attention else None,
+            if have(self.pair.organ_attention) else None,
+            "c_self_trained": (lambda i, n: self.synthetic("self_trained", "filtered", i, n))
+            if have(self.pair.self_trained_controlnet) else None,
             "d_unfiltered": lambda i, n: self.synthetic("main", "all", i, n),
-            "d_no_target": (lambda i, n: self.synthetic("no_target", "filtered", i, n)) if no_target else None,
+            "d_no_target": (lambda i, n: self.synthetic("no_target", "filtered", i, n))
+            if have(self.pair.ablation_controlnet) else None,
             "e": lambda i, n: {"dataset": str(self.work.export_real(target_train, "train", i, n, size))},
         }
 
@@ -165,13 +179,19 @@ class PairBenchmark:
         return {"dataset": str(augmented)}
 
     def synthetic(self, role: str, which: str, dataset_id: int, name: str) -> dict[str, Any]:
-        """Training set from the ``main`` or ``no_target`` ControlNet's run or the ``organ_attention`` run: its
-        ``filtered`` or ``all`` candidates."""
-        ckpt, controlnet = {"main": (self.config.zoo, self.pair.controlnet),
-                            "no_target": (self.config.zoo, self.pair.ablation_controlnet),
-                            "organ_attention": (self.pair.organ_attention, None)}[role]
+        """Training set from the ``main``, ``no_target`` or ``self_trained`` ControlNet's run or the
+        ``organ_attention`` run: its ``filtered`` or ``all`` candidates. The self-trained ControlNet acts in both
+        guidance branches (it follows masks better so, docs/mask_following.md round 14); the others as configured."""
+        synthesis = self.config.synthesis
+        ckpt, controlnet, synthesis = {
+            "main": (self.config.zoo, self.pair.controlnet, synthesis),
+            "no_target": (self.config.zoo, self.pair.ablation_controlnet, synthesis),
+            "organ_attention": (self.pair.organ_attention, None, synthesis),
+            "self_trained": (self.config.zoo, self.pair.self_trained_controlnet,
+                             replace(synthesis, control_conditional_only=False))}[role]
         log_dir = self.out / f"synthesis_{role}"
-        summary = self.runner.run(self.stage(f"synthesis_{role}"), lambda: self.synthesize(ckpt, controlnet, log_dir))
+        summary = self.runner.run(self.stage(f"synthesis_{role}"),
+                                  lambda: self.synthesize(ckpt, controlnet, synthesis, log_dir))
         files = [p for p in sorted((log_dir / "json_files").glob("synthetic_*.json"))
                  if p.name.endswith("_filtered.json") == (which == "filtered")]
         samples = sum(len(json.loads(p.read_text(encoding="utf-8"))) for p in files)
@@ -179,9 +199,9 @@ class PairBenchmark:
             return {"samples": 0, "synthesis": summary}
         return {"dataset": str(self.work.export_synthetic(files, dataset_id, name)), "samples": samples, "synthesis": summary}
 
-    def synthesize(self, ckpt: str, controlnet: str | None, log_dir: Path) -> dict[str, Any]:
+    def synthesize(self, ckpt: str, controlnet: str | None, synthesis: SynthesisSection, log_dir: Path) -> dict[str, Any]:
         pipeline = PipelineConfig(seed=self.config.seed, source=self.pair.source, target=self.pair.target,
-                                  synthesis=self.config.synthesis)
+                                  synthesis=synthesis)
         pair = pair_config_for(self.pair.pair_config, log_dir.parent, self.data)
         options = synthesis_options(pipeline, Path(ckpt), None if controlnet is None else Path(controlnet), pair, log_dir)
         return synthesize(options)
@@ -193,7 +213,7 @@ def run_benchmark(config: BenchmarkConfig) -> Path:
     atomic_write_text(out / "benchmark.yml", dump_yaml(config))
     stages = ["dataset"] + [f"pair{i}_{s}" for i in range(len(config.pairs))
                             for s in ("test_set", "synthesis_main", "synthesis_no_target", "synthesis_organ_attention",
-                                      *CONDITIONS)]
+                                      "synthesis_self_trained", *CONDITIONS)]
     runner = StageRunner(out, stages)
     data = out / "phantom"
     modalities = sorted({m for p in config.pairs for m in (p.source, p.target)})

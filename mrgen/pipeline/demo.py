@@ -1,6 +1,6 @@
 """The whole chain on the simulated dataset, stage by stage, ending in ``report.md``.
 
-dataset -> (train VAE, UNet, ControlNet or organ attention, or take the model zoo) -> synthesis with filtering ->
+dataset -> (train VAE, UNet, and ControlNet and/or organ attention, or take the model zoo) -> synthesis with filtering ->
 mask-following -> nnU-Net dataset -> short nnU-Net training -> 3D evaluation on real target volumes ->
 report. Every stage writes plain files under ``out``; a finished stage is not redone, a killed one resumes.
 """
@@ -26,8 +26,13 @@ from mrgen.synthesis.run import SynthesisOptions, synthesize
 log = logging.getLogger(__name__)
 
 
+CONDITIONING_STAGES = {"controlnet": ["train_controlnet"], "organ_attention": ["train_organ_attention"],
+                       "self_trained_controlnet": ["train_organ_attention", "train_controlnet"]}
+
+
 def stage_names(config: PipelineConfig) -> list[str]:
-    training = ["train_vae", "train_unet", f"train_{config.models.conditioning}"] if config.models.train else []
+    m = config.models
+    training = ["train_vae", "train_unet", *CONDITIONING_STAGES[m.conditioning]] if m.train else []
     return ["dataset", *training, "synthesis", "nnunet_data", "nnunet_train", "evaluation"]
 
 
@@ -46,21 +51,29 @@ def train_models(config: PipelineConfig, runner: StageRunner, out: Path, data: P
     m = config.models
     common = [f"seed={config.seed}", f"data.index_paths=[{data / 'image_text_train.json'}]",
               f"data.test_index_paths=[{data / 'image_text_test.json'}]"]
-    folders = {name: out / "train" / name / "pipeline" for name in ("vae", "unet", m.conditioning)}
+    folders = {name: out / "train" / name / "pipeline" for name in ("vae", "unet", "organ_attention", "controlnet")}
     runner.run("train_vae", lambda: {"pipeline": str(train_vae(load_config(
         m.vae_config, VAEConfig, [*common, f"output_dir={out / 'train' / 'vae'}", *m.vae_overrides]), resume="latest"))})
     runner.run("train_unet", lambda: {"pipeline": str(train_unet(load_config(
         m.unet_config, UNetConfig, [*common, f"output_dir={out / 'train' / 'unet'}",
                                     f"model.pretrained_model_path={folders['vae']}", *m.unet_overrides]), resume="latest"))})
-    conditioning = [f"seed={config.seed}", f"output_dir={out / 'train' / m.conditioning}",
-                    f"model.pretrained_model_path={folders['unet']}"]
-    if m.conditioning == "organ_attention":
+
+    def conditioning(stage: str) -> list[str]:
+        return [f"seed={config.seed}", f"output_dir={out / 'train' / stage}",
+                f"model.pretrained_model_path={folders['unet']}"]
+
+    if "train_organ_attention" in CONDITIONING_STAGES[m.conditioning]:
         config_path = pair_config_for(m.organ_attention_config, out, data, "organ_attention.yml")
         runner.run("train_organ_attention", lambda: {"pipeline": str(train_organ_attention(load_config(
-            config_path, OrganAttentionConfig, [*conditioning, *m.organ_attention_overrides]), resume="latest"))})
+            config_path, OrganAttentionConfig, [*conditioning("organ_attention"), *m.organ_attention_overrides]),
+            resume="latest"))})
+    if m.conditioning == "organ_attention":
         return folders["organ_attention"], None
+    self_training = [f"self_training.organ_attention={folders['organ_attention']}", "train.cache_latents=false"] \
+        if m.conditioning == "self_trained_controlnet" else []
     runner.run("train_controlnet", lambda: {"pipeline": str(train_controlnet(load_config(
-        pair, ControlNetConfig, [*conditioning, *m.controlnet_overrides]), resume="latest"))})
+        pair, ControlNetConfig, [*conditioning("controlnet"), *self_training, *m.controlnet_overrides]),
+        resume="latest"))})
     return folders["controlnet"], folders["controlnet"]
 
 
@@ -71,7 +84,8 @@ def zoo_models(config: PipelineConfig) -> tuple[Path, Path | None]:
         ckpt, controlnet = Path(m.organ_attention), None
         needed = [ckpt / "vae", ckpt / "unet", ckpt / "organ_attention"]
     else:
-        ckpt, controlnet = Path(m.zoo), Path(m.controlnet)
+        ckpt = Path(m.zoo)
+        controlnet = Path(m.self_trained_controlnet if m.conditioning == "self_trained_controlnet" else m.controlnet)
         needed = [ckpt / "vae", ckpt / "unet", controlnet]
     for folder in needed:
         if not folder.is_dir():

@@ -83,6 +83,7 @@ def write_report(out: Path, config: Any, runner: StageRunner) -> Path:
     following = synthesis["mask_following"]
     evaluation = results.get("evaluation")
     models = "trained from scratch in this run" if config.models.train else f"model zoo `{config.models.zoo}`"
+    models += f", mask conditioning `{config.models.conditioning}`"
     lines = [
         f"# MRGen end to end: {config.source} masks -> synthetic {config.target} -> nnU-Net -> real {config.target}",
         "",

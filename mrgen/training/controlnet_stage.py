@@ -5,6 +5,12 @@ VAE and text encoder stay frozen (the UNet is moved to the device, never prepare
 source-modality slices with their encoded organ masks and unannotated target-modality slices with an
 empty (all -1) condition and the target prompt (``PairDataset``). Loss: the UNet's epsilon (or v) MSE with the
 ControlNet's residuals added, optionally weighted towards the organs (``train.organ_loss_weight``).
+
+With ``self_training.organ_attention`` (a deviation, docs/mask_following.md round 14) a trained organ-attention
+pipeline folder first renders training source masks in the target modality (``mrgen.training.self_samples``);
+the ones whose every organ the offline segmenter finds near its mask join the pairs as annotated target-modality
+slices, with the segmented organ regions as their masks, so the ControlNet learns the target look of the organs
+it places.
 """
 
 from __future__ import annotations
@@ -38,9 +44,11 @@ from mrgen.models.builders import (
     sampling_scheduler,
     vae_scale_factor,
 )
+from mrgen.models.organ_attention import OrganAttention
 from mrgen.models.pipeline_folder import (
     TextEncoderSpec,
     export_frozen,
+    load_pipeline_components,
     text_encoder_spec,
     write_text_encoder,
 )
@@ -62,6 +70,7 @@ from mrgen.training.diffusion import (
     write_scheduler,
 )
 from mrgen.training.harness import run_training
+from mrgen.training.self_samples import SELF_SAMPLES_DIR, SelfSamplePairs, SelfSampler, all_organs_reach, summarise
 from mrgen.training.visuals import (
     colour_masks,
     outline_masks,
@@ -118,6 +127,9 @@ class ControlNetStage:
         self.config, self.accelerator, self.pair = config, accelerator, config.data
         model, train = config.model, config.train
         self.pretrained = require_pretrained_path(model, "ControlNet", "the trained vae/ and unet/")
+        if config.self_training.organ_attention and train.cache_latents:
+            raise ValueError("train.cache_latents is not supported with self_training.organ_attention (the self-samples "
+                             "are not in the latent cache); set it to false")
         if train.organ_loss_weight <= 0:
             raise ValueError(f"train.organ_loss_weight must be positive (1 = plain MSE), got {train.organ_loss_weight}")
         self.dtype = weight_dtype(accelerator)
@@ -145,9 +157,41 @@ class ControlNetStage:
         self.validation_items = dataset.validation_items(config.validation.num_images)
         following = config.validation.mask_following_images
         self.following_items = dataset.validation_items(following) if following > 1 else []
-        self.train_dataset = training_dataset(dataset, self.vae, train, accelerator, output_dir, self.resolution)
+        if config.self_training.organ_attention:
+            self.train_dataset = self._with_self_samples(dataset, output_dir / SELF_SAMPLES_DIR)
+        else:
+            self.train_dataset = training_dataset(dataset, self.vae, train, accelerator, output_dir, self.resolution)
         self.noiser = Noiser(Latents(self.vae, cached=train.cache_latents), noise_scheduler(self.scheduler_config),
                              self.prompts, train)
+
+    def _with_self_samples(self, dataset: PairDataset, folder: Path) -> SelfSamplePairs:
+        """The pairs plus the kept self-samples of the organ-attention folder (rendered on the main process)."""
+        options = self.config.self_training
+        source = Path(options.organ_attention)
+        spec = text_encoder_spec(source)
+        if spec.kind != self.text_spec.kind:
+            raise ValueError(f"self_training.organ_attention {source} uses the {spec.kind} text encoder but this "
+                             f"ControlNet's UNet {self.text_spec.kind}; both must share one")
+        parts = load_pipeline_components(source, with_text_encoder=False, device=self.accelerator.device,
+                                         dtype=self.dtype)
+        if parts.organ_attention is None:
+            raise ValueError(f"self_training.organ_attention {source} has no organ_attention/: give the pipeline "
+                             f"folder train_organ_attention.py wrote")
+        attention = OrganAttention(parts.unet, parts.organ_attention, spec.load_tokenizer(), self.pair.organs,
+                                   int(parts.scheduler_config["num_train_timesteps"]))
+        sampler = SelfSampler(attention, parts.vae, self.prompts, parts.scheduler_config, options, self.config.seed)
+        if self.accelerator.is_main_process:
+            sampler.render(folder, dataset, self.resolution)
+        self.accelerator.wait_for_everyone()
+        everything = sampler.render(folder, dataset, self.resolution)  # every chunk is on disk by now: loads them
+        keep = all_organs_reach(everything, options.min_organ_iou)
+        rule = f"every organ's IoU >= {options.min_organ_iou:g}"
+        if self.accelerator.is_main_process:
+            summarise(folder, everything, keep, rule, self.pair.name)
+        log.info("self-samples: %d of %d kept (%s) as annotated %s pairs", keep.sum(), len(keep), rule,
+                 self.pair.target_modality)
+        return SelfSamplePairs(dataset, {key: value[keep] for key, value in everything.items()}, self.pair,
+                               options.share)
 
     def _make_controlnet(self, unet, condition_channels: int) -> ControlNetModel:
         model = self.config.model

@@ -7,8 +7,8 @@ with the organ-word bias attached untrained (``mrgen.models.organ_attention``, e
 1. *self-samples*: ``organ_attention.self_samples`` annotated training source masks are rendered with the
    **target** prompt and the bias (DPM-Solver++, classifier-free guidance); the offline segmenter scores each
    against its masks and the ones whose organs' mean IoU reaches ``organ_attention.min_iou`` are kept. They are
-   written in chunks under ``<output_dir>/self_samples/`` (a killed run keeps the finished chunks), with a
-   picture of kept and rejected samples.
+   written in chunks under ``<output_dir>/self_samples/`` (``mrgen.training.self_samples``; a killed run keeps
+   the finished chunks), with a picture of kept and rejected samples.
 2. *training*: the UNet's cross-attention layers (or the whole UNet) and ``w`` learn, through the shared loop
    (``mrgen.training.harness``), the usual diffusion loss on batches that are half kept self-samples (target
    prompt, biased by their masks) and half real unannotated target slices (target prompt, unbiased, so the
@@ -30,44 +30,27 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from mrgen.config import OrganAttentionConfig
-from mrgen.data.datasets import PairConfig, PairDataset, load_condition, pair_prompt
+from mrgen.data.datasets import PairDataset
 from mrgen.data.preprocess import signed_to_uint8
 from mrgen.data.prompts import EMPTY_PROMPT
 from mrgen.filtering.mask_following import mask_following
-from mrgen.filtering.offline import OfflineFilter
 from mrgen.io.atomic import atomic_write_json
 from mrgen.models.builders import ORGAN_ATTENTION, UNET, VAE, load_pretrained, noise_scheduler, sampling_scheduler, \
     vae_scale_factor
-from mrgen.models.organ_attention import (OrganAttention, OrganAttentionWeights, new_organ_attention_weights,
-                                          stack_organ_masks)
+from mrgen.models.organ_attention import OrganAttention, OrganAttentionWeights, new_organ_attention_weights
 from mrgen.models.pipeline_folder import export_frozen, write_text_encoder
-from mrgen.models.sampling import denoise
-from mrgen.synthesis.sampler import make_scheduler
-from mrgen.synthesis.seeds import candidate_seed, initial_noise
 from mrgen.training.controlnet_stage import PAIR_FILE, text_encoder_of
 from mrgen.training.data import registry_for
 from mrgen.training.diffusion import (Latents, Noiser, check_width, drop_prompts, freeze, generate,
                                       require_pretrained_path, shared_prompt_embeddings, training_schedule,
                                       weight_dtype, write_scheduler)
 from mrgen.training.harness import run_training
+from mrgen.training.self_samples import SELF_SAMPLES_DIR, SelfSampler, organ_masks, summarise
 from mrgen.training.visuals import colour_masks, outline_masks, save_grid, to_unit
 
 log = logging.getLogger(__name__)
-SELF_SAMPLES_DIR = "self_samples"
-CHUNK = 50  # self-sample masks per file
-
-
-def organ_masks(pair: PairConfig, condition: np.ndarray) -> np.ndarray:
-    """An encoded condition -> (organs, S, S) bool, all False for an organ the slice lacks."""
-    return stack_organ_masks(pair.encoding.decode(condition, len(pair.organs)), condition.shape[-2:])
-
-
-def mean_present_iou(ious: list[float], masks: np.ndarray) -> float:
-    values = [v for v, m in zip(ious, masks) if m.any()]
-    return float(np.mean(values)) if values else 0.0
 
 
 class BiasedUNet(torch.nn.Module):
@@ -147,15 +130,7 @@ class OrganAttentionStage:
                             seed=config.seed)
         self.prompts = shared_prompt_embeddings(accelerator, self.text_spec, pairs.prompts, self.dtype)
         check_width(unet.config, self.prompts, self.text_spec)
-        folder = output_dir / SELF_SAMPLES_DIR
-        chunks = self._self_sample_chunks(len(pairs.sources))
-        if accelerator.is_main_process:
-            self._render_self_samples(pairs, folder, chunks)
-        accelerator.wait_for_everyone()
-        everything = load_self_samples(folder, len(chunks))
-        keep = everything["iou"] >= options.min_iou
-        kept = {key: value[keep] for key, value in everything.items()}
-        log.info("self-samples: %d of %d kept (mean organ IoU >= %g)", keep.sum(), len(keep), options.min_iou)
+        kept = self._self_samples(pairs, output_dir / SELF_SAMPLES_DIR)
         self.train_dataset = SelfTrainingDataset(kept, pairs, len(self.pair.organs), self.resolution)
         self.noiser = Noiser(Latents(self.vae, cached=False), noise_scheduler(self.scheduler_config), self.prompts,
                              dataclasses.replace(train, prompt_dropout=0.0))
@@ -171,72 +146,20 @@ class OrganAttentionStage:
         self.weights.requires_grad_(True)
         unet.train()
 
-    # ----- self-samples --------------------------------------------------------------------------------
-    def _self_sample_chunks(self, sources: int) -> list[np.ndarray]:
-        """Source-mask indices to render, a seeded choice, in chunks of ``CHUNK`` (one file each)."""
-        picks = np.random.default_rng(self.config.seed).permutation(sources)[:self.options.self_samples]
-        return [picks[i:i + CHUNK] for i in range(0, len(picks), CHUNK)]
-
-    @torch.no_grad()
-    def _render_self_samples(self, pairs: PairDataset, folder: Path, chunks: list[np.ndarray]) -> None:
-        options = self.options
-        todo = [c for c in range(len(chunks)) if not _chunk_path(folder, c).is_file()]
-        for c in sorted(set(range(len(chunks))) - set(todo)):
-            if not np.array_equal(np.load(_chunk_path(folder, c))["index"], chunks[c]):
-                raise ValueError(f"{_chunk_path(folder, c)} holds other masks than organ_attention.self_samples="
-                                 f"{options.self_samples} and seed {self.config.seed} pick; delete {folder} or use "
-                                 f"another output_dir")
-        if not todo:
-            return
-        folder.mkdir(parents=True, exist_ok=True)
-        scheduler = make_scheduler("dpm-solver++", self.scheduler_config)
-        encoder_null = self.prompts([EMPTY_PROMPT])
-        scorer = OfflineFilter()
-        self.trained_model.eval()
-        bar = tqdm(total=sum(len(chunks[c]) for c in todo), desc="organ attention self-samples", unit="mask")
-        for c in todo:
-            records: dict[str, list] = {"index": [], "images": [], "masks": [], "prompts": [], "iou": []}
-            for start in range(0, len(chunks[c]), options.sampling_batch):
-                batch = [int(i) for i in chunks[c][start:start + options.sampling_batch]]
-                entries = [pairs.sources[i] for i in batch]
-                masks = np.stack([organ_masks(self.pair, load_condition(self.pair, e, self.resolution))
-                                  for e in entries])
-                prompts = [pair_prompt(self.pair, pairs.registry, e, self.pair.target_modality) for e in entries]
-                latents = initial_noise([candidate_seed(self.config.seed, i, 0) for i in batch],
-                                        (self.trained_model.config.in_channels, self.latent_size, self.latent_size))
-                with self.attention.conditioned(prompts, masks):
-                    images = denoise(self.trained_model, self.vae, scheduler, latents.to(self.accelerator.device, self.dtype),
-                                     self.prompts(prompts), encoder_null, options.sampling_steps, options.guidance_scale)
-                for i, image, mask, prompt in zip(batch, images, masks, prompts):
-                    image = signed_to_uint8(image[0].numpy())
-                    records["index"].append(i)
-                    records["images"].append(image)
-                    records["masks"].append(mask)
-                    records["prompts"].append(prompt)
-                    records["iou"].append(mean_present_iou(scorer.score(image, list(mask)).organ_iou, mask))
-                bar.update(len(batch))
-            _write_chunk(_chunk_path(folder, c), {k: np.asarray(v) for k, v in records.items()})
-        bar.close()
-        self.trained_model.train()
-        self._summarise_self_samples(folder, len(chunks))
-
-    def _summarise_self_samples(self, folder: Path, chunks: int) -> None:
-        everything = load_self_samples(folder, chunks)
-        iou = everything["iou"]
-        kept = iou >= self.options.min_iou
-        atomic_write_json(folder / "summary.json", {
-            "masks": int(len(iou)), "kept": int(kept.sum()), "min_iou": self.options.min_iou,
-            "mean_iou": float(iou.mean()), "iou_quartiles": [float(q) for q in np.quantile(iou, [0.25, 0.5, 0.75])]})
-        rows, labels = [], []
-        for label, chosen in (("kept", np.flatnonzero(kept)[:4]), ("rejected", np.flatnonzero(~kept)[:4])):
-            for k in chosen:
-                image = everything["images"][k].astype(np.float32) / 255.0
-                rows.append([colour_masks(list(everything["masks"][k]), image.shape), image,
-                             outline_masks(image, list(everything["masks"][k]))])
-                labels.append(f"{label}, mean IoU {iou[k]:.2f}")
-        save_grid(folder / "examples.png", rows, column_titles=["mask", "self-sample", "with outlines"],
-                  row_titles=labels, title=f"{self.pair.name}: {int(kept.sum())} of {len(iou)} self-samples kept "
-                                           f"(mean organ IoU >= {self.options.min_iou:g})")
+    def _self_samples(self, pairs: PairDataset, folder: Path) -> dict[str, np.ndarray]:
+        """Rendered with the untrained bias (on the main process; the others wait), kept by mean organ IoU."""
+        sampler = SelfSampler(self.attention, self.vae, self.prompts, self.scheduler_config, self.options,
+                              self.config.seed)
+        if self.accelerator.is_main_process:
+            sampler.render(folder, pairs, self.resolution)
+        self.accelerator.wait_for_everyone()
+        everything = sampler.render(folder, pairs, self.resolution)  # every chunk is on disk by now: loads them
+        keep = everything["iou"] >= self.options.min_iou
+        rule = f"mean organ IoU >= {self.options.min_iou:g}"
+        if self.accelerator.is_main_process:
+            summarise(folder, everything, keep, rule, self.pair.name)
+        log.info("self-samples: %d of %d kept (%s)", keep.sum(), len(keep), rule)
+        return {key: value[keep] for key, value in everything.items()}
 
     # ----- training --------------------------------------------------------------------------------------
     def loss(self, module: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
@@ -284,25 +207,6 @@ class OrganAttentionStage:
         write_scheduler(folder, self.scheduler_config)
         write_text_encoder(folder, self.text_spec)
         atomic_write_json(folder / PAIR_FILE, dataclasses.asdict(self.pair))
-
-
-def _chunk_path(folder: Path, chunk: int) -> Path:
-    return folder / f"chunk_{chunk:05d}.npz"
-
-
-def _write_chunk(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    partial = path.with_suffix(".partial.npz")
-    np.savez(partial, **arrays)
-    partial.replace(path)
-
-
-def load_self_samples(folder: Path, chunks: int) -> dict[str, np.ndarray]:
-    """The first ``chunks`` chunk files, concatenated: index, images, masks, prompts, iou."""
-    missing = [path for path in (_chunk_path(folder, c) for c in range(chunks)) if not path.is_file()]
-    if missing:
-        raise FileNotFoundError(f"{missing[0]} is missing; the organ attention stage writes the self-samples first")
-    loaded = [dict(np.load(_chunk_path(folder, c))) for c in range(chunks)]
-    return {key: np.concatenate([chunk[key] for chunk in loaded]) for key in loaded[0]}
 
 
 def train_organ_attention(config: OrganAttentionConfig, resume: str | None = None) -> Path:
