@@ -70,7 +70,8 @@ from mrgen.training.diffusion import (
     write_scheduler,
 )
 from mrgen.training.harness import run_training
-from mrgen.training.self_samples import SELF_SAMPLES_DIR, SelfSamplePairs, SelfSampler, all_organs_reach, summarise
+from mrgen.training.self_samples import (SELF_SAMPLES_DIR, SelfSamplePairs, SelfSampler, all_organs_reach,
+                                         kept_self_samples)
 from mrgen.training.visuals import (
     colour_masks,
     outline_masks,
@@ -180,18 +181,11 @@ class ControlNetStage:
         attention = OrganAttention(parts.unet, parts.organ_attention, spec.load_tokenizer(), self.pair.organs,
                                    int(parts.scheduler_config["num_train_timesteps"]))
         sampler = SelfSampler(attention, parts.vae, self.prompts, parts.scheduler_config, options, self.config.seed)
-        if self.accelerator.is_main_process:
-            sampler.render(folder, dataset, self.resolution)
-        self.accelerator.wait_for_everyone()
-        everything = sampler.render(folder, dataset, self.resolution)  # every chunk is on disk by now: loads them
-        keep = all_organs_reach(everything, options.min_organ_iou)
-        rule = f"every organ's IoU >= {options.min_organ_iou:g}"
-        if self.accelerator.is_main_process:
-            summarise(folder, everything, keep, rule, self.pair.name)
-        log.info("self-samples: %d of %d kept (%s) as annotated %s pairs", keep.sum(), len(keep), rule,
-                 self.pair.target_modality)
-        return SelfSamplePairs(dataset, {key: value[keep] for key, value in everything.items()}, self.pair,
-                               options.share)
+        threshold = options.min_organ_iou
+        kept = kept_self_samples(sampler, self.accelerator, folder, dataset, self.resolution,
+                                 lambda samples: all_organs_reach(samples, threshold),
+                                 f"every organ's IoU >= {threshold:g}")
+        return SelfSamplePairs(dataset, kept, self.pair, options.share)
 
     def _make_controlnet(self, unet, condition_channels: int) -> ControlNetModel:
         model = self.config.model

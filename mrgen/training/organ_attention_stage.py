@@ -47,7 +47,7 @@ from mrgen.training.diffusion import (Latents, Noiser, check_width, drop_prompts
                                       require_pretrained_path, shared_prompt_embeddings, training_schedule,
                                       weight_dtype, write_scheduler)
 from mrgen.training.harness import run_training
-from mrgen.training.self_samples import SELF_SAMPLES_DIR, SelfSampler, organ_masks, summarise
+from mrgen.training.self_samples import SELF_SAMPLES_DIR, SelfSampler, kept_self_samples, organ_masks
 from mrgen.training.visuals import colour_masks, outline_masks, save_grid, to_unit
 
 log = logging.getLogger(__name__)
@@ -147,19 +147,12 @@ class OrganAttentionStage:
         unet.train()
 
     def _self_samples(self, pairs: PairDataset, folder: Path) -> dict[str, np.ndarray]:
-        """Rendered with the untrained bias (on the main process; the others wait), kept by mean organ IoU."""
+        """Rendered with the untrained bias, kept by their organs' mean IoU."""
         sampler = SelfSampler(self.attention, self.vae, self.prompts, self.scheduler_config, self.options,
                               self.config.seed)
-        if self.accelerator.is_main_process:
-            sampler.render(folder, pairs, self.resolution)
-        self.accelerator.wait_for_everyone()
-        everything = sampler.render(folder, pairs, self.resolution)  # every chunk is on disk by now: loads them
-        keep = everything["iou"] >= self.options.min_iou
-        rule = f"mean organ IoU >= {self.options.min_iou:g}"
-        if self.accelerator.is_main_process:
-            summarise(folder, everything, keep, rule, self.pair.name)
-        log.info("self-samples: %d of %d kept (%s)", keep.sum(), len(keep), rule)
-        return {key: value[keep] for key, value in everything.items()}
+        threshold = self.options.min_iou
+        return kept_self_samples(sampler, self.accelerator, folder, pairs, self.resolution,
+                                 lambda samples: samples["iou"] >= threshold, f"mean organ IoU >= {threshold:g}")
 
     # ----- training --------------------------------------------------------------------------------------
     def loss(self, module: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:

@@ -26,6 +26,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+from accelerate import Accelerator
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
@@ -135,6 +136,21 @@ class SelfSampler:
             bar.update(len(batch))
         unet.train(was_training)
         return {key: np.asarray(value) for key, value in records.items()}
+
+
+def kept_self_samples(sampler: SelfSampler, accelerator: Accelerator, folder: Path, pairs: PairDataset,
+                      resolution: int, keep: Callable[[dict[str, np.ndarray]], np.ndarray], rule: str
+                      ) -> dict[str, np.ndarray]:
+    """Render (on the main process; the others wait), summarise, and return the self-samples ``keep`` selects."""
+    if accelerator.is_main_process:
+        sampler.render(folder, pairs, resolution)
+    accelerator.wait_for_everyone()
+    everything = sampler.render(folder, pairs, resolution)  # every chunk is on disk by now: this loads them
+    kept = keep(everything)
+    if accelerator.is_main_process:
+        summarise(folder, everything, kept, rule, pairs.pair.name)
+    log.info("self-samples: %d of %d kept (%s)", kept.sum(), len(kept), rule)
+    return {key: value[kept] for key, value in everything.items()}
 
 
 def summarise(folder: Path, samples: dict[str, np.ndarray], kept: np.ndarray, rule: str, title: str) -> None:
