@@ -75,6 +75,9 @@ def test_benchmark_in_miniature_writes_a_full_table(pipeline, organ_attention_pi
     assert len(cells) == 8 and all(c.replace(".", "").isdigit() for c in cells), row
     assert (tmp_path / "bench" / "benchmark.png").is_file() and (tmp_path / "bench" / "benchmark.json").is_file()
 
+    (tmp_path / "bench" / "stages" / "pair0_b.json").unlink()  # killed after augmenting: its dataset holds the id
+    assert row in run_benchmark(config).read_text().splitlines()  # the rerun replaces it; same seed, same numbers
+
 
 def test_benchmark_table_marks_a_condition_without_accepted_samples(tmp_path):
     from mrgen.pipeline.benchmark import BenchmarkConfig, write_outputs

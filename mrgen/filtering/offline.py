@@ -74,16 +74,23 @@ class OfflineFilter:
     name: str = "offline"
 
     def score(self, image: np.ndarray, masks: Sequence[np.ndarray | None]) -> FilterScores:
+        return self.segment_organs(image, masks)[1]
+
+    def segment_organs(self, image: np.ndarray, masks: Sequence[np.ndarray | None]) -> tuple[list[np.ndarray | None], FilterScores]:
+        """Each present organ segmented as its mask prompts (None for an absent one), and the scores."""
+        regions: list[np.ndarray | None] = []
         ious, confidences = [], []
         for mask in masks:
             if not present(mask):
+                regions.append(None)
                 ious.append(0.0)
                 confidences.append(0.0)
                 continue
             segmentation, confidence = self.segmenter.segment(np.asarray(image), np.asarray(mask, bool))
+            regions.append(segmentation)
             ious.append(iou(segmentation, mask))
             confidences.append(confidence if ious[-1] > 0 else 0.0)
-        return FilterScores(ious, confidences)
+        return regions, FilterScores(ious, confidences)
 
 
 def _box_with_margin(mask: np.ndarray, margin: float) -> tuple[slice, slice]:

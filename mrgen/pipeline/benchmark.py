@@ -173,8 +173,10 @@ class PairBenchmark:
         }
 
     def augmented(self, source_train: list[Path], dataset_id: int, name: str) -> dict[str, Any]:
+        destination = self.work.dataset(dataset_id, name)
+        shutil.rmtree(destination, ignore_errors=True)  # a killed attempt's copy would hold the id the plain export needs
         plain = self.work.export_real(source_train, "train", dataset_id, name + "Plain", self.config.dataset.size)
-        augmented = augment_dataset(plain, self.work.dataset(dataset_id, name), self.config.augmentation_copies, self.config.seed)
+        augmented = augment_dataset(plain, destination, self.config.augmentation_copies, self.config.seed)
         shutil.rmtree(plain)  # only the augmented copy may hold this dataset id
         return {"dataset": str(augmented)}
 

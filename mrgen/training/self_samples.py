@@ -34,7 +34,6 @@ from mrgen.config import SelfSamplingSection
 from mrgen.data.datasets import PairConfig, PairDataset, load_condition, pair_prompt
 from mrgen.data.preprocess import signed_to_uint8
 from mrgen.data.prompts import EMPTY_PROMPT
-from mrgen.filtering.base import iou
 from mrgen.filtering.offline import OfflineFilter
 from mrgen.io.atomic import atomic_write_json
 from mrgen.models.builders import vae_scale_factor
@@ -56,13 +55,9 @@ def organ_masks(pair: PairConfig, condition: np.ndarray) -> np.ndarray:
 
 def segment_organs(image: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each present organ segmented inside its mask's box: ((organs, S, S) regions, (organs,) IoU with the mask)."""
-    segmenter = OfflineFilter().segmenter  # the filter's own settings
-    regions, ious = np.zeros_like(masks), np.zeros(len(masks), np.float32)
-    for k, mask in enumerate(masks):
-        if mask.any():
-            regions[k] = segmenter.segment(image, mask)[0]
-            ious[k] = iou(regions[k], mask)
-    return regions, ious
+    segmented, scores = OfflineFilter().segment_organs(image, list(masks))
+    regions = np.stack([np.zeros_like(m) if r is None else r.astype(masks.dtype) for r, m in zip(segmented, masks)])
+    return regions, np.asarray(scores.organ_iou, np.float32)
 
 
 def mean_present_iou(ious: np.ndarray, masks: np.ndarray) -> float:
