@@ -17,12 +17,11 @@ import argparse
 import logging
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mrgen.pipeline.benchmark import (CONDITIONS, BenchmarkConfig, PairSpec, run_benchmark, with_budget,  # noqa: E402
+from mrgen.pipeline.benchmark import (CONDITIONS, BenchmarkConfig, run_benchmark, with_budget,  # noqa: E402
                                       with_zoo)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,14 +32,6 @@ def retrain_zoo(out: str) -> str:
     subprocess.run([sys.executable, str(REPO / "scripts" / "train_zoo.py"), "--out", str(zoo),
                     "--work", str(Path(out) / "zoo_work")], check=True)
     return str(zoo)
-
-
-def selected_pairs(pairs: list[PairSpec], names: list[str]) -> list[PairSpec]:
-    by_name = {f"{p.source}:{p.target}": p for p in pairs}
-    unknown = [n for n in names if n not in by_name]
-    if unknown:
-        raise SystemExit(f"unknown --pairs {unknown}; choose from {list(by_name)}")
-    return [by_name[n] for n in names]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,10 +48,12 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("accelerate", "diffusers", "mrgen.data.phantom", "mrgen.synthesis.run"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    config = with_budget(BenchmarkConfig(out=args.out, seed=args.seed, conditions=args.conditions), args.budget)
+    try:
+        config = BenchmarkConfig(out=args.out, seed=args.seed, conditions=args.conditions, run_pairs=args.pairs or [])
+    except ValueError as error:
+        parser.error(str(error))
+    config = with_budget(config, args.budget)
     config = with_zoo(config, retrain_zoo(args.out) if args.retrain else args.zoo)
-    if args.pairs:
-        config = replace(config, pairs=selected_pairs(config.pairs, args.pairs))
     print(run_benchmark(config))
 
 

@@ -102,20 +102,16 @@ def test_benchmark_table_marks_a_condition_without_accepted_samples(tmp_path):
 
 
 def test_benchmark_runs_a_chosen_part_of_the_table(tmp_path):
-    import sys
-
     from mrgen.pipeline.benchmark import CONDITIONS, BenchmarkConfig, PairBenchmark
     from mrgen.pipeline.stages import StageRunner
 
-    sys.path.insert(0, str(REPO / "scripts"))
-    from benchmark_downstream import selected_pairs
-
     with pytest.raises(ValueError, match="unknown benchmark conditions"):
         BenchmarkConfig(conditions=["c", "z"])
+    with pytest.raises(ValueError, match="unknown benchmark pairs"):
+        BenchmarkConfig(run_pairs=["T1:T2"])
+    second = BenchmarkConfig(run_pairs=["T2-SPIR:T1-InPhase"]).chosen_pairs()
+    assert [(i, p.target) for i, p in second] == [(1, "T1-InPhase")]  # the full run's position: its stages, its ids
     config = BenchmarkConfig(out=str(tmp_path), conditions=[])
-    assert [p.target for p in selected_pairs(config.pairs, ["T2-SPIR:T1-InPhase"])] == ["T1-InPhase"]
-    with pytest.raises(SystemExit, match="unknown --pairs"):
-        selected_pairs(config.pairs, ["T1:T2"])
     runner = StageRunner(tmp_path, ["pair0_test_set"])
     runner.run("pair0_test_set", lambda: {"dataset": str(tmp_path)})  # finished: the benchmark reads it back
     results = PairBenchmark(config, config.pairs[0], 0, tmp_path, runner).run()

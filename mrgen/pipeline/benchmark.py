@@ -59,6 +59,10 @@ class PairSpec:
     def name(self) -> str:
         return f"{self.source} -> {self.target}"
 
+    @property
+    def key(self) -> str:
+        return f"{self.source}:{self.target}"
+
 
 @dataclass
 class BenchmarkConfig:
@@ -78,11 +82,21 @@ class BenchmarkConfig:
     segmentation: SegmentationSection = field(default_factory=lambda: SegmentationSection(epochs=20, iterations=25))
     augmentation_copies: int = 2
     conditions: list[str] = field(default_factory=lambda: list(CONDITIONS))  # the columns to run; the others n/a
+    run_pairs: list[str] = field(default_factory=list)  # "SOURCE:TARGET" rows to run; empty: all
 
     def __post_init__(self) -> None:
         unknown = set(self.conditions) - set(CONDITIONS)
         if unknown:
             raise ValueError(f"unknown benchmark conditions {sorted(unknown)}; choose from {list(CONDITIONS)}")
+        keys = [p.key for p in self.pairs]
+        unknown = set(self.run_pairs) - set(keys)
+        if unknown:
+            raise ValueError(f"unknown benchmark pairs {sorted(unknown)}; choose from {keys}")
+
+    def chosen_pairs(self) -> list[tuple[int, PairSpec]]:
+        """The pairs to run with their position in ``pairs``, which names their stages, folders and dataset ids
+        (so a part of the table reuses, and equals, the full run's)."""
+        return [(i, p) for i, p in enumerate(self.pairs) if not self.run_pairs or p.key in self.run_pairs]
 
 
 BUDGETS = {
@@ -213,14 +227,15 @@ def run_benchmark(config: BenchmarkConfig) -> Path:
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "benchmark.yml", dump_yaml(config))
-    stages = ["dataset"] + [f"pair{i}_{s}" for i in range(len(config.pairs))
+    chosen = config.chosen_pairs()
+    stages = ["dataset"] + [f"pair{i}_{s}" for i, _ in chosen
                             for s in ("test_set", "synthesis_main", "synthesis_no_target", "synthesis_organ_attention",
                                       "synthesis_self_trained", *CONDITIONS)]
     runner = StageRunner(out, stages)
     data = out / "phantom"
     modalities = sorted({m for p in config.pairs for m in (p.source, p.target)})
     runner.run("dataset", lambda: make_dataset(config.dataset, modalities, data))
-    results = {pair.name: PairBenchmark(config, pair, i, data, runner).run() for i, pair in enumerate(config.pairs)}
+    results = {pair.name: PairBenchmark(config, pair, i, data, runner).run() for i, pair in chosen}
     return write_outputs(out, config, results, runner)
 
 
