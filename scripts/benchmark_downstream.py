@@ -3,12 +3,14 @@
     python scripts/benchmark_downstream.py [--budget mini|default|full] [--out runs/benchmark_downstream]
                                            [--retrain] [--seed 0] [--pairs T1-InPhase:T2-SPIR ...] [--conditions a e ...]
 
-``default`` finishes on 2 idle CPU cores in about 85 minutes (measured: 5,046 s, most of it the eleven nnU-Net
-trainings); ``full`` (longer nnU-Net training, the original's synthesis settings, every mask) is meant for a GPU.
+``default`` takes about 2.5 hours on 2 idle CPU cores (measured: 4,730 s for the first pair's seven columns; each
+nnU-Net stage 9-16 minutes); ``full`` (longer nnU-Net training, the original's synthesis settings, every mask) is
+meant for a GPU.
 ``--retrain`` trains the model zoo again (scripts/train_zoo.py) into <out>/zoo and uses it. Stages are resumable:
 run the same command again after an interruption. Writes benchmark.md (table), benchmark.json (every number and
 the config) and benchmark.png (bar chart). ``--pairs`` and ``--conditions`` run a part of the table (the rest
-reads n/a); with the same seed each number equals the full run's.
+reads n/a) with the full run's stages, dataset ids and synthetic samples; nnU-Net on CPU is not bit-reproducible,
+so a real-data column can move by a few points between runs.
 """
 
 from __future__ import annotations
