@@ -170,7 +170,7 @@ class PairConfig:
     Relative index paths resolve against ``data_root``. ``organs`` gives the condition's organ order;
     ``organ_weights`` the intensity codes of the original's single-channel encoding (CHAOS: liver 0.3,
     right kidney 0.5, left kidney 0.4, spleen 0.6). ``prompt_organs`` picks the prompt's organ text: the
-    dataset's full ``label`` list (CHAOS, PanSeg, Prostate) or the slice's ``organs`` (LiQA).
+    dataset's full ``label`` list (CHAOS, PanSeg, Prostate) or the slice's ``organs`` (LiQA, the simulated dataset).
     ``use_target_images: false`` trains without unannotated target slices (the paper's ablation).
     """
 

@@ -95,7 +95,7 @@ class BenchmarkConfig:
 
     def chosen_pairs(self) -> list[tuple[int, PairSpec]]:
         """The pairs to run with their position in ``pairs``, which names their stages, folders and dataset ids
-        (so a part of the table reuses, and equals, the full run's)."""
+        (so a part of the table reuses the full run's)."""
         return [(i, p) for i, p in enumerate(self.pairs) if not self.run_pairs or p.key in self.run_pairs]
 
 
