@@ -55,7 +55,7 @@ def test_benchmark_in_miniature_writes_a_full_table(pipeline, organ_attention_pi
     import shutil
     from dataclasses import replace
 
-    from mrgen.pipeline.benchmark import BenchmarkConfig, run_benchmark, with_budget, with_zoo
+    from mrgen.pipeline.benchmark import CONDITIONS, BenchmarkConfig, run_benchmark, with_budget, with_zoo
 
     monkeypatch.chdir(REPO)
     zoo = tmp_path / "zoo"
@@ -65,7 +65,8 @@ def test_benchmark_in_miniature_writes_a_full_table(pipeline, organ_attention_pi
                  "controlnet_self_trained_T1-InPhase_to_T2-SPIR"):
         shutil.copytree(pipeline / "controlnet", zoo / name)
     shutil.copytree(organ_attention_pipeline, zoo / "organ_attention_T1-InPhase_to_T2-SPIR")
-    config = with_zoo(with_budget(BenchmarkConfig(out=str(tmp_path / "bench")), "mini"), str(zoo))
+    config = BenchmarkConfig(out=str(tmp_path / "bench"), conditions=list(CONDITIONS))
+    config = with_zoo(with_budget(config, "mini"), str(zoo))
     config = replace(config, pairs=config.pairs[:1],
                      synthesis=replace(config.synthesis, iou_threshold=0, confidence_threshold=0, avg_iou_threshold=0,
                                        avg_confidence_threshold=0))
@@ -97,7 +98,9 @@ def test_benchmark_table_marks_a_condition_without_accepted_samples(tmp_path):
                                          "d_no_target": None, "e": evaluated(0.9)}}
     table = write_outputs(tmp_path, BenchmarkConfig(out=str(tmp_path)), results, StageRunner(tmp_path, []))
     row = next(line for line in table.read_text().splitlines() if line.startswith("| T1-InPhase -> T2-SPIR |"))
-    assert row.split("|")[2:10] == [" 10.0 ", " 20.0 ", " n/a ", " n/a ", " n/a ", " 30.0 ", " n/a ", " 90.0 "]
+    columns = [c.strip() for c in table.read_text().splitlines()[4].split("|")[2:-1]]
+    assert "MRGen, organ attention (filtered)" not in columns  # not a default condition: no column
+    assert row.split("|")[2:-1] == [" 10.0 ", " 20.0 ", " n/a ", " n/a ", " 30.0 ", " n/a ", " 90.0 "]
     assert (tmp_path / "benchmark.png").is_file()
 
 
