@@ -32,7 +32,7 @@ def test_phantom_through_nnunet_cpu(tmp_path):
     paths.create()
     env = lean_environment(paths, "train")
     env.update(PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", MRGEN_NNUNET_EPOCHS="2", MRGEN_NNUNET_ITERATIONS="5",
-               MRGEN_NNUNET_VAL_ITERATIONS="2", MRGEN_NNUNET_FINAL_VALIDATION="0")
+               MRGEN_NNUNET_VAL_ITERATIONS="2", MRGEN_NNUNET_FINAL_VALIDATION="0", MRGEN_NNUNET_BATCH_SIZE="3")
     for split in ("train", "test"):
         _run([sys.executable, str(REPO / "Segmentation/prepare_real_data.py"), "--jsonl",
               str(tmp_path / "phantom" / f"volumes_T2-SPIR_{split}.jsonl"), "--split", split, "--dataset_id",
@@ -40,7 +40,7 @@ def test_phantom_through_nnunet_cpu(tmp_path):
     dataset_dir = paths.raw / f"Dataset{DATASET_ID:03d}_{NAME}"
 
     _run(plan_command(DATASET_ID), lean_environment(paths, "plan", base=env), tmp_path)
-    _run(train_command(DATASET_ID), env, tmp_path)
+    assert "MRGEN_NNUNET_BATCH_SIZE=3: batch size 3" in _run(train_command(DATASET_ID), env, tmp_path)
     prediction = tmp_path / "prediction"
     _run(predict_command(dataset_dir / "imagesTs", prediction, DATASET_ID), env, tmp_path)
     table = _run([sys.executable, str(REPO / "Segmentation/evaluate_nib.py"), "--nnunet_name", str(DATASET_ID),

@@ -82,7 +82,9 @@ class BenchmarkConfig:
     ])
     dataset: DatasetSection = field(default_factory=lambda: DatasetSection(cases=12))
     synthesis: SynthesisSection = field(default_factory=lambda: SynthesisSection(max_masks=64, max_tries_per_mask=4))
-    segmentation: SegmentationSection = field(default_factory=lambda: SegmentationSection(epochs=8, iterations=25))
+    # a fixed batch gives every column the same nnU-Net compute (the plan's scales with the dataset: 2 for 40 slices)
+    segmentation: SegmentationSection = field(
+        default_factory=lambda: SegmentationSection(epochs=16, iterations=25, batch_size=12))
     augmentation_copies: int = 2
     conditions: list[str] = field(default_factory=lambda: list(DEFAULT_CONDITIONS))  # the columns to run
     run_pairs: list[str] = field(default_factory=list)  # "SOURCE:TARGET" rows to run; empty: all
@@ -104,12 +106,13 @@ class BenchmarkConfig:
 
 BUDGETS = {
     "mini": dict(dataset=DatasetSection(cases=4, slices=12), synthesis=SynthesisSection(max_masks=6, max_tries_per_mask=2,
-                 num_images_per_prompt=2, steps=3), segmentation=SegmentationSection(epochs=1, iterations=3, val_iterations=1)),
+                 num_images_per_prompt=2, steps=3), segmentation=SegmentationSection(epochs=1, iterations=3, val_iterations=1,
+                 batch_size=4)),
     "default": {},
     "full": dict(dataset=DatasetSection(cases=40, size=64), synthesis=SynthesisSection(max_masks=None, max_tries_per_mask=20,
                  num_images_per_prompt=10, scheduler="ddim", steps=50, guidance_scale=7.0, early_stop=False,
                  control_conditional_only=False),
-                 segmentation=SegmentationSection(epochs=100, iterations=250, val_iterations=50)),
+                 segmentation=SegmentationSection(epochs=100, iterations=250, val_iterations=50, batch_size=12)),
 }
 
 

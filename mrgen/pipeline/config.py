@@ -68,6 +68,7 @@ class SegmentationSection:
     epochs: int = 10
     iterations: int = 25
     val_iterations: int = 5
+    batch_size: int = 0  # slices per nnU-Net batch; 0: the plan's (5 % of the dataset at most)
     dataset_id: int = 601
 
 

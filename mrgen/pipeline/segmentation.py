@@ -30,6 +30,7 @@ class NnUNetWork:
         """The lean CPU environment plus the short trainer's length and seed (``MRGEN_NNUNET_*``)."""
         trainer = {"MRGEN_NNUNET_EPOCHS": str(self.settings.epochs), "MRGEN_NNUNET_ITERATIONS": str(self.settings.iterations),
                    "MRGEN_NNUNET_VAL_ITERATIONS": str(self.settings.val_iterations), "MRGEN_NNUNET_SEED": str(self.seed),
+                   "MRGEN_NNUNET_BATCH_SIZE": str(self.settings.batch_size),
                    "MRGEN_NNUNET_FINAL_VALIDATION": "0"}
         return {**lean_environment(self.paths, step, threads=self.threads), **trainer, "HF_HUB_OFFLINE": "1"}
 

@@ -7,6 +7,9 @@ set by environment variables, read when the trainer is built (so ``nnUNetv2_trai
 - ``MRGEN_NNUNET_EPOCHS`` (default 10): epochs; nnU-Net's own default is 1000.
 - ``MRGEN_NNUNET_ITERATIONS`` (default 25): training iterations per epoch (nnU-Net: 250).
 - ``MRGEN_NNUNET_VAL_ITERATIONS`` (default 5): validation iterations per epoch (nnU-Net: 50).
+- ``MRGEN_NNUNET_BATCH_SIZE`` (default 0): slices per training batch; 0 keeps the plan's, which nnU-Net caps at
+  5 % of the dataset, so that a set of 40 slices would train on batches of 2 and one of 400 on batches of 20. A
+  fixed value gives every dataset of a comparison the same training compute.
 - ``MRGEN_NNUNET_SEED`` (default 0): seeds Python, NumPy and torch before the network is built, which
   with ``nnUNet_n_proc_DA=0`` (single-threaded augmentation) and a fixed CPU thread count makes a run
   repeatable. nnU-Net itself does not seed training.
@@ -46,6 +49,14 @@ class nnUNetTrainer_MRGenShort(nnUNetTrainer):
         self.num_iterations_per_epoch = _env_int("MRGEN_NNUNET_ITERATIONS", 25, 1)
         self.num_val_iterations_per_epoch = _env_int("MRGEN_NNUNET_VAL_ITERATIONS", 5, 1)
         self.run_final_validation = _env_int("MRGEN_NNUNET_FINAL_VALIDATION", 1, 0) > 0
+
+    def _set_batch_size_and_oversample(self):
+        super()._set_batch_size_and_oversample()
+        batch_size = _env_int("MRGEN_NNUNET_BATCH_SIZE", 0, 0)
+        if batch_size:
+            self.print_to_log_file(f"MRGEN_NNUNET_BATCH_SIZE={batch_size}: batch size {batch_size} "
+                                   f"(the plan says {self.batch_size})", also_print_to_console=True)
+            self.batch_size = batch_size
 
     def _seed_everything(self) -> None:
         random.seed(self.seed)
