@@ -84,7 +84,7 @@ class BenchmarkConfig:
     synthesis: SynthesisSection = field(default_factory=lambda: SynthesisSection(max_masks=64, max_tries_per_mask=4))
     # a fixed batch gives every column the same nnU-Net compute (the plan's scales with the dataset: 2 for 40 slices)
     segmentation: SegmentationSection = field(
-        default_factory=lambda: SegmentationSection(epochs=16, iterations=25, batch_size=12))
+        default_factory=lambda: SegmentationSection(epochs=16, iterations=25, batch_size=8))
     augmentation_copies: int = 2
     conditions: list[str] = field(default_factory=lambda: list(DEFAULT_CONDITIONS))  # the columns to run
     run_pairs: list[str] = field(default_factory=list)  # "SOURCE:TARGET" rows to run; empty: all
