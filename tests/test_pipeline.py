@@ -4,6 +4,7 @@ nnU-Net training): it runs, writes the report with its pictures, and resumes a k
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,21 @@ def test_benchmark_runs_a_chosen_part_of_the_table(tmp_path):
     runner.run("pair0_test_set", lambda: {"dataset": str(tmp_path)})  # finished: the benchmark reads it back
     results = PairBenchmark(config, config.pairs[0], 0, tmp_path, runner).run()
     assert set(results) == set(CONDITIONS) and all(r is None for r in results.values())  # no condition chosen
+
+
+def test_a_stage_run_inside_another_is_timed_once(tmp_path):
+    from mrgen.pipeline.stages import StageRunner
+
+    runner = StageRunner(tmp_path, ["outer", "inner"])
+
+    def outer() -> None:
+        time.sleep(0.05)
+        runner.run("inner", lambda: time.sleep(0.2))
+
+    runner.run("outer", outer)
+    inner, outer = runner.results["inner"]["seconds"], runner.results["outer"]["seconds"]
+    assert inner >= 0.2 and 0.05 <= outer < 0.2
+    assert runner.total_seconds == pytest.approx(inner + outer)
 
 
 def test_synthetic_figure_shows_accepted_samples_first_then_one_rejected_per_other_mask():

@@ -2,7 +2,8 @@
 
 A stage killed half way has no marker and runs again; every stage is written to resume or to redo
 its work idempotently (training resumes from its latest checkpoint, synthesis from its manifest,
-nnU-Net training with ``--c``).
+nnU-Net training with ``--c``). A stage may run another inside it (a benchmark column runs the synthesis it
+needs); each records only its own time, so the stages' times add up to the run's.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class StageRunner:
         self.folder = out / "stages"
         self.names = list(names)
         self.results: dict[str, dict[str, Any]] = {}
+        self._inner_seconds: list[float] = []  # per running stage, the time spent in stages run inside it
 
     def run(self, name: str, work: Callable[[], Mapping[str, Any] | None]) -> dict[str, Any]:
         marker = self.folder / f"{name}.json"
@@ -34,8 +36,15 @@ class StageRunner:
         else:
             log.info("%s: running", position)
             started = time.perf_counter()
-            result = dict(work() or {})
-            result["seconds"] = time.perf_counter() - started
+            self._inner_seconds.append(0.0)
+            try:
+                result = dict(work() or {})
+            finally:
+                inner = self._inner_seconds.pop()
+            elapsed = time.perf_counter() - started
+            if self._inner_seconds:
+                self._inner_seconds[-1] += elapsed
+            result["seconds"] = elapsed - inner
             atomic_write_json(marker, result)
             log.info("%s: done in %.1f s", position, result["seconds"])
         self.results[name] = result
