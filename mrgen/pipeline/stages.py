@@ -52,8 +52,10 @@ class StageRunner:
 
     @property
     def total_seconds(self) -> float:
-        """Compute time of the stages so far, whether they ran in this invocation or an earlier one."""
-        return sum(result["seconds"] for result in self.results.values())
+        """Compute time of every finished stage, whether it ran in this invocation or an earlier one (a resumed
+        run's skipped stages included, and the ones it had no need to look at)."""
+        markers = (self.folder / f"{name}.json" for name in self.names)
+        return sum(json.loads(marker.read_text())["seconds"] for marker in markers if marker.is_file())
 
 
 def run_command(command: Sequence[str], env: Mapping[str, str] | None = None, log_file: Path | None = None) -> None:
