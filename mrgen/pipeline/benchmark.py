@@ -248,7 +248,7 @@ def run_benchmark(config: BenchmarkConfig) -> Path:
 def write_outputs(out: Path, config: BenchmarkConfig, results: dict[str, dict[str, Any]], runner: StageRunner) -> Path:
     seconds = runner.total_seconds
     atomic_write_json(out / "benchmark.json", {"config": to_dict(config), "results": results,
-                                               "stage_seconds": {k: v["seconds"] for k, v in runner.results.items()},
+                                               "stage_seconds": runner.stage_seconds,
                                                "seconds": seconds})
     columns = [key for key in CONDITIONS if key in config.conditions]
     lines = ["# Downstream benchmark on the simulated dataset (paper Table 3 shape)", "",

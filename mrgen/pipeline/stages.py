@@ -51,11 +51,15 @@ class StageRunner:
         return result
 
     @property
-    def total_seconds(self) -> float:
+    def stage_seconds(self) -> dict[str, float]:
         """Compute time of every finished stage, whether it ran in this invocation or an earlier one (a resumed
         run's skipped stages included, and the ones it had no need to look at)."""
-        markers = (self.folder / f"{name}.json" for name in self.names)
-        return sum(json.loads(marker.read_text())["seconds"] for marker in markers if marker.is_file())
+        markers = {name: self.folder / f"{name}.json" for name in self.names}
+        return {name: json.loads(marker.read_text())["seconds"] for name, marker in markers.items() if marker.is_file()}
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.stage_seconds.values())
 
 
 def run_command(command: Sequence[str], env: Mapping[str, str] | None = None, log_file: Path | None = None) -> None:
