@@ -1,5 +1,5 @@
 """nnU-Net 2D end to end on CPU: simulated T2-SPIR volumes -> raw dataset -> plan -> short training ->
-predict -> evaluate_nib.py, with the lean worker settings and our short trainer."""
+predict -> evaluate_nib.py, with the lean worker settings, the CPU-lean plans and our short trainer."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 
 from mrgen.data.phantom import generate_phantom_dataset
 from mrgen.nnunet.env import NnUNetPaths, lean_environment, plan_command, predict_command, train_command
+from mrgen.nnunet.plans import LEAN_PLANS
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET_ID = 3
@@ -26,7 +27,7 @@ def _run(command: list[str], env: dict[str, str], cwd: Path, timeout: int = 240)
 
 @pytest.mark.slow
 def test_phantom_through_nnunet_cpu(tmp_path):
-    generate_phantom_dataset(tmp_path / "phantom", cases=4, seed=0, size=48, modalities=["T2-SPIR"], slices=12,
+    generate_phantom_dataset(tmp_path / "phantom", cases=4, seed=0, size=64, modalities=["T2-SPIR"], slices=12,
                              test_fraction=0.25)
     paths = NnUNetPaths.under(tmp_path)
     paths.create()
@@ -40,9 +41,13 @@ def test_phantom_through_nnunet_cpu(tmp_path):
     dataset_dir = paths.raw / f"Dataset{DATASET_ID:03d}_{NAME}"
 
     _run(plan_command(DATASET_ID), lean_environment(paths, "plan", base=env), tmp_path)
-    assert "MRGEN_NNUNET_BATCH_SIZE=3: batch size 3" in _run(train_command(DATASET_ID), env, tmp_path)
+    _run([sys.executable, str(REPO / "Segmentation/make_cpu_plans.py"), "-d", str(DATASET_ID)], env, tmp_path)
+    log = _run(train_command(DATASET_ID, plans=LEAN_PLANS), env, tmp_path)  # both found by name by nnU-Net's CLI
+    assert "MRGEN_NNUNET_BATCH_SIZE=3: batch size 3" in log
+    assert "'features_per_stage': [32, 64, 128, 256]" in log and "'n_stages': 4" in log
+    assert (paths.results / f"Dataset{DATASET_ID:03d}_{NAME}" / f"nnUNetTrainer_MRGenShort__{LEAN_PLANS}__2d").is_dir()
     prediction = tmp_path / "prediction"
-    _run(predict_command(dataset_dir / "imagesTs", prediction, DATASET_ID), env, tmp_path)
+    _run(predict_command(dataset_dir / "imagesTs", prediction, DATASET_ID, plans=LEAN_PLANS), env, tmp_path)
     table = _run([sys.executable, str(REPO / "Segmentation/evaluate_nib.py"), "--nnunet_name", str(DATASET_ID),
                   "--seg_dir", str(prediction), "--img_dir", "imagesTs", "--target_dataset", "CHAOSMR",
                   "--source_dataset", "CHAOSMR"], env, tmp_path)

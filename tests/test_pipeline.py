@@ -56,7 +56,7 @@ def test_benchmark_in_miniature_writes_a_full_table(pipeline, organ_attention_pi
     import shutil
     from dataclasses import replace
 
-    from mrgen.pipeline.benchmark import CONDITIONS, BenchmarkConfig, run_benchmark, with_budget, with_zoo
+    from mrgen.pipeline.benchmark import BenchmarkConfig, run_benchmark, with_budget, with_zoo
 
     monkeypatch.chdir(REPO)
     zoo = tmp_path / "zoo"
@@ -66,16 +66,27 @@ def test_benchmark_in_miniature_writes_a_full_table(pipeline, organ_attention_pi
                  "controlnet_self_trained_T1-InPhase_to_T2-SPIR"):
         shutil.copytree(pipeline / "controlnet", zoo / name)
     shutil.copytree(organ_attention_pipeline, zoo / "organ_attention_T1-InPhase_to_T2-SPIR")
-    config = BenchmarkConfig(out=str(tmp_path / "bench"), conditions=list(CONDITIONS))
+    # three columns, two nnU-Net seeds each: a real-data arm, a synthetic arm and the upper bound (which also
+    # measures the synthetic candidates' fidelity)
+    config = BenchmarkConfig(out=str(tmp_path / "bench"), conditions=["b", "c", "e"])
     config = with_zoo(with_budget(config, "mini"), str(zoo))
-    config = replace(config, pairs=config.pairs[:1],
+    config = replace(config, pairs=config.pairs[:1], seeds=2,
                      synthesis=replace(config.synthesis, iou_threshold=0, confidence_threshold=0, avg_iou_threshold=0,
                                        avg_confidence_threshold=0))
     table = run_benchmark(config).read_text()
     row = next(line for line in table.splitlines() if line.startswith("| T1-InPhase -> T2-SPIR |"))
     cells = [c.strip() for c in row.strip("|").split("|")[1:]]
-    assert len(cells) == 8 and all(c.replace(".", "").isdigit() for c in cells), row
-    assert (tmp_path / "bench" / "benchmark.png").is_file() and (tmp_path / "bench" / "benchmark.json").is_file()
+    assert len(cells) == 3 and all(c != "n/a" for c in cells), row
+    assert (tmp_path / "bench" / "benchmark.png").is_file()
+    result = json.loads((tmp_path / "bench" / "benchmark.json").read_text())
+    arms = result["results"]["T1-InPhase -> T2-SPIR"]
+    assert [s["seed"] for s in arms["e"]["seeds"]] == [0, 1] and set(arms["e"]["spread"]["mean"]["dice"]) == {
+        "mean", "std", "min", "max"}
+    assert arms["e"]["mean"]["dice"] == pytest.approx(sum(s["mean"]["dice"] for s in arms["e"]["seeds"]) / 2)
+    assert set(arms["c"]["fidelity"]) == {"accepted", "rejected"} and arms["c"]["fidelity"]["accepted"]["own"]["all"]["count"] > 0
+    assert set(arms["c"]["realism"]) == {"accepted", "rejected"}
+    assert "fidelity" in result["measures"]["T1-InPhase -> T2-SPIR"]["references"]
+    assert "MRGen ControlNet: accepted" in table and "fidelity ceiling" in table
 
     (tmp_path / "bench" / "stages" / "pair0_b.json").unlink()  # killed after augmenting: its dataset holds the id
     assert row in run_benchmark(config).read_text().splitlines()  # the rerun replaces it; same seed, same numbers
@@ -97,7 +108,7 @@ def test_benchmark_table_marks_a_condition_without_accepted_samples(tmp_path):
                                                "synthesis": synthesis, "seconds": 2.0},
                                          "d_unfiltered": {**evaluated(0.3), "synthesis": {**synthesis, "accepted": 0}},
                                          "d_no_target": None, "e": evaluated(0.9)}}
-    table = write_outputs(tmp_path, BenchmarkConfig(out=str(tmp_path)), results, StageRunner(tmp_path, []))
+    table = write_outputs(tmp_path, BenchmarkConfig(out=str(tmp_path), seeds=1), results, {}, StageRunner(tmp_path, []))
     row = next(line for line in table.read_text().splitlines() if line.startswith("| T1-InPhase -> T2-SPIR |"))
     columns = [c.strip() for c in table.read_text().splitlines()[4].split("|")[2:-1]]
     assert "MRGen, organ attention (filtered)" not in columns  # not a default condition: no column
@@ -116,10 +127,11 @@ def test_benchmark_runs_a_chosen_part_of_the_table(tmp_path):
     second = BenchmarkConfig(run_pairs=["T2-SPIR:T1-InPhase"]).chosen_pairs()
     assert [(i, p.target) for i, p in second] == [(1, "T1-InPhase")]  # the full run's position: its stages, its ids
     config = BenchmarkConfig(out=str(tmp_path), conditions=[])
-    runner = StageRunner(tmp_path, ["pair0_test_set"])
+    runner = StageRunner(tmp_path, ["pair0_test_set", "pair0_measures"])
     runner.run("pair0_test_set", lambda: {"dataset": str(tmp_path)})  # finished: the benchmark reads it back
-    results = PairBenchmark(config, config.pairs[0], 0, tmp_path, runner).run()
+    results, measures = PairBenchmark(config, config.pairs[0], 0, tmp_path, runner).run()
     assert set(results) == set(CONDITIONS) and all(r is None for r in results.values())  # no condition chosen
+    assert measures["runs"] == {}
 
 
 def test_a_stage_run_inside_another_is_timed_once(tmp_path):

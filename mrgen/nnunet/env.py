@@ -95,15 +95,15 @@ def plan_command(dataset_id: int, configuration: str = "2d") -> list[str]:
 
 
 def train_command(dataset_id: int, fold: str = "all", configuration: str = "2d",
-                  trainer: str = SHORT_TRAINER) -> list[str]:
-    return [nnunet_cli("nnUNetv2_train"), str(dataset_id), configuration, fold, "-tr", trainer, *CPU_FLAGS]
+                  trainer: str = SHORT_TRAINER, plans: str = "nnUNetPlans") -> list[str]:
+    return [nnunet_cli("nnUNetv2_train"), str(dataset_id), configuration, fold, "-tr", trainer, "-p", plans, *CPU_FLAGS]
 
 
 def predict_command(input_dir: Path, output_dir: Path, dataset_id: int, fold: str = "all",
-                    configuration: str = "2d", trainer: str = SHORT_TRAINER,
+                    configuration: str = "2d", trainer: str = SHORT_TRAINER, plans: str = "nnUNetPlans",
                     checkpoint: str = "checkpoint_final.pth") -> list[str]:
     return [nnunet_cli("nnUNetv2_predict"), "-i", str(input_dir), "-o", str(output_dir), "-d", str(dataset_id),
-            "-c", configuration, "-f", fold, "-tr", trainer, "-chk", checkpoint, "--disable_tta",
+            "-c", configuration, "-f", fold, "-tr", trainer, "-p", plans, "-chk", checkpoint, "--disable_tta",
             *PREDICT_FLAGS, *CPU_FLAGS]
 
 

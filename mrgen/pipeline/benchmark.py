@@ -9,7 +9,11 @@ For each pair (source -> target) nnU-Net 2D is trained on
   (e) real target slices with their masks (D_t, the upper bound),
 and, where the zoo has it, (c) with the ControlNet self-trained on organ attention's target-modality samples (ours,
 not in the paper; ``c_organ_attention``, organ attention alone, runs when asked for), each evaluated in 3D on held-out
-real target volumes. Everything is a stage (resumable); the output is a markdown table shaped like the paper's (one
+real target volumes (patients no model of the chain saw: the zoo was trained on another generator seed). Every arm's
+nnU-Net is trained with ``seeds`` seeds (the table shows the mean and the min-max range), on the CPU-lean plans by
+default (mrgen/nnunet/plans.py). Every synthesis run is also measured without the quality filter's help
+(mrgen/pipeline/synthetic_measures.py): segmentation fidelity with the D_t nnU-Net and realism by a classifier
+two-sample test. Everything is a stage (resumable); the output is a markdown table shaped like the paper's (one
 column per condition run), a JSON with every number and the config, and a bar chart.
 """
 
@@ -24,11 +28,13 @@ from typing import Any
 
 from mrgen.config import dump_yaml, to_dict
 from mrgen.io.atomic import atomic_save, atomic_write_json, atomic_write_text
+from mrgen.nnunet.plans import LEAN_PLANS, STOCK_PLANS
 from mrgen.pipeline.augment import augment_dataset
 from mrgen.pipeline.config import DatasetSection, PipelineConfig, SegmentationSection, SynthesisSection
 from mrgen.pipeline.demo import make_dataset, pair_config_for, synthesis_options
-from mrgen.pipeline.segmentation import NnUNetWork, organ_table
+from mrgen.pipeline.segmentation import NnUNetWork, aggregate_seeds, number_cell, organ_table, spread_cell
 from mrgen.pipeline.stages import StageRunner
+from mrgen.pipeline.synthetic_measures import ReferenceSegmenter, measure_synthesis_runs, measures_table
 from mrgen.synthesis.run import synthesize
 
 log = logging.getLogger(__name__)
@@ -46,6 +52,11 @@ CONDITIONS = {
 }
 # organ attention alone is superseded by the ControlNet self-trained on its samples; run it with --conditions
 DEFAULT_CONDITIONS = [key for key in CONDITIONS if key != "c_organ_attention"]
+# the synthetic arms: (synthesis run, which of its candidates the arm trains on)
+SYNTHETIC_ARMS = {"c": ("main", "accepted"), "c_organ_attention": ("organ_attention", "accepted"),
+                  "c_self_trained": ("self_trained", "accepted"), "d_unfiltered": ("main", "all"),
+                  "d_no_target": ("no_target", "accepted")}
+UPPER_BOUND = "e"
 
 
 @dataclass
@@ -80,13 +91,16 @@ class BenchmarkConfig:
         PairSpec("T2-SPIR", "T1-InPhase", "training_configs/controlnet/phantom_T2-SPIR_to_T1.yml",
                  "zoo/phantom/controlnet_T2-SPIR_to_T1-InPhase", ""),
     ])
-    dataset: DatasetSection = field(default_factory=lambda: DatasetSection(cases=12))
+    # 24 cases per contrast: 18 training and 6 held-out test volumes (patients) per modality
+    dataset: DatasetSection = field(default_factory=lambda: DatasetSection(cases=24))
     synthesis: SynthesisSection = field(default_factory=lambda: SynthesisSection(max_masks=64, max_tries_per_mask=4))
-    # a fixed batch gives every column the same nnU-Net compute (the plan's scales with the dataset: 2 for 40 slices)
+    # a fixed batch gives every column the same nnU-Net compute (the plan's scales with the dataset: 2 for 40 slices);
+    # 1,000 iterations on the CPU-lean plans: chosen on a validation draw (scripts/bench_nnunet.py, docs/segmentation.md)
     segmentation: SegmentationSection = field(
-        default_factory=lambda: SegmentationSection(epochs=16, iterations=25, batch_size=8))
+        default_factory=lambda: SegmentationSection(epochs=40, iterations=25, batch_size=8, plans=LEAN_PLANS))
     augmentation_copies: int = 2
     conditions: list[str] = field(default_factory=lambda: list(DEFAULT_CONDITIONS))  # the columns to run
+    seeds: int = 2  # nnU-Net trainings per arm (seeds seed, seed + 1, ...); the table shows their mean and spread
     run_pairs: list[str] = field(default_factory=list)  # "SOURCE:TARGET" rows to run; empty: all
 
     def __post_init__(self) -> None:
@@ -94,9 +108,14 @@ class BenchmarkConfig:
         if unknown:
             raise ValueError(f"unknown benchmark conditions {sorted(unknown)}; choose from {list(CONDITIONS)}")
         keys = [p.key for p in self.pairs]
+        if self.seeds < 1:
+            raise ValueError(f"seeds must be at least 1, got {self.seeds}")
         unknown = set(self.run_pairs) - set(keys)
         if unknown:
             raise ValueError(f"unknown benchmark pairs {sorted(unknown)}; choose from {keys}")
+
+    def seed_list(self) -> list[int]:
+        return [self.seed + k for k in range(self.seeds)]
 
     def chosen_pairs(self) -> list[tuple[int, PairSpec]]:
         """The pairs to run with their position in ``pairs``, which names their stages, folders and dataset ids
@@ -107,12 +126,13 @@ class BenchmarkConfig:
 BUDGETS = {
     "mini": dict(dataset=DatasetSection(cases=4, slices=12), synthesis=SynthesisSection(max_masks=6, max_tries_per_mask=2,
                  num_images_per_prompt=2, steps=3), segmentation=SegmentationSection(epochs=1, iterations=3, val_iterations=1,
-                 batch_size=4)),
+                 batch_size=4), seeds=1),
     "default": {},
     "full": dict(dataset=DatasetSection(cases=40, size=64), synthesis=SynthesisSection(max_masks=None, max_tries_per_mask=20,
                  num_images_per_prompt=10, scheduler="ddim", steps=50, guidance_scale=7.0, early_stop=False,
                  control_conditional_only=False),
-                 segmentation=SegmentationSection(epochs=100, iterations=250, val_iterations=50, batch_size=12)),
+                 segmentation=SegmentationSection(epochs=100, iterations=250, val_iterations=50, batch_size=12,
+                                                  plans=STOCK_PLANS)),
 }
 
 
@@ -140,36 +160,68 @@ class PairBenchmark:
         self.config, self.pair, self.data, self.runner = config, pair, data, runner
         self.out = Path(config.out) / f"pair{index}_{pair.source}_to_{pair.target}"
         seg = config.segmentation
-        self.work = NnUNetWork(self.out / "nnunet", seg, config.seed)
+        self.work = NnUNetWork(self.out / "nnunet", seg)
         self.base_id = seg.dataset_id + 10 * index
         self.prefix = f"pair{index}"
 
     def stage(self, name: str) -> str:
         return f"{self.prefix}_{name}"
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(each arm's result, with its synthesis run's fidelity and realism; the measures of every synthesis run
+        and their references)."""
         test = self.runner.run(self.stage("test_set"), lambda: {"dataset": str(self.work.export_real(
             [self.data / f"volumes_{self.pair.target}_test.jsonl"], "test", self.base_id, "TargetTest", self.config.dataset.size))})
         test_dataset = Path(test["dataset"])
         results = {}
         for key, make in self.training_sets().items():
-            if make is None or key not in self.config.conditions:
-                results[key] = None
-                continue
-            dataset_id = self.base_id + CONDITIONS[key][1]
-            name = f"Train_{key}"
+            results[key] = None if make is None or key not in self.config.conditions else self.arm(key, make, test_dataset)
+        measures = self.runner.run(self.stage("measures"), lambda: self.synthetic_measures(results, test_dataset))
+        for key, (role, _) in SYNTHETIC_ARMS.items():
+            if results.get(key) is not None and role in measures["runs"]:
+                results[key] = {**results[key], **measures["runs"][role]}
+        return results, measures
 
-            def train_and_evaluate(make=make, dataset_id=dataset_id, name=name) -> dict[str, Any]:
-                extra = make(dataset_id, name)
-                if extra.get("samples") == 0:
-                    log.warning("%s %s: the quality filter accepted no synthetic sample; nothing to train on", self.pair.name, name)
-                    return {**extra, "skipped": "no accepted synthetic sample"}
-                self.work.train(dataset_id, name)
-                summary = self.work.predict_and_evaluate(dataset_id, name, test_dataset, self.out / name)
-                return {**summary, **extra}
+    def arm(self, key: str, make: Any, test_dataset: Path) -> dict[str, Any]:
+        """Build and plan one arm's training set, then train and evaluate it once per seed."""
+        dataset_id, name = self.base_id + CONDITIONS[key][1], f"Train_{key}"
 
-            results[key] = self.runner.run(self.stage(key), train_and_evaluate)
-        return results
+        def prepare() -> dict[str, Any]:
+            extra = make(dataset_id, name)
+            if extra.get("samples") == 0:
+                log.warning("%s %s: the quality filter accepted no synthetic sample; nothing to train on", self.pair.name, name)
+                return {**extra, "skipped": "no accepted synthetic sample"}
+            self.work.plan(dataset_id, name)
+            return extra
+
+        extra = self.runner.run(self.stage(key), prepare)
+        if "skipped" in extra:
+            return extra
+        summaries, seconds = [], extra["seconds"]
+        for seed in self.config.seed_list():
+            summary = self.runner.run(self.stage(f"{key}_seed{seed}"), lambda seed=seed: self.train_and_evaluate(
+                dataset_id, name, test_dataset, seed))
+            seconds += summary["seconds"]
+            summaries.append(summary)
+        return {**extra, **aggregate_seeds(summaries, self.config.seed_list()), "seconds": seconds}
+
+    def train_and_evaluate(self, dataset_id: int, name: str, test_dataset: Path, seed: int) -> dict[str, Any]:
+        self.work.train(dataset_id, name, seed)
+        return self.work.predict_and_evaluate(dataset_id, name, test_dataset, self.out / name / f"seed{seed}", seed)
+
+    def synthetic_measures(self, results: dict[str, Any], test_dataset: Path) -> dict[str, Any]:
+        """Fidelity (with the first seed's D_t nnU-Net) and realism of every synthesis run an arm trained on."""
+        seed = self.config.seed_list()[0]
+        upper = results.get(UPPER_BOUND)
+        reference = None
+        if upper is not None and "skipped" not in upper:
+            name = f"Train_{UPPER_BOUND}"
+            reference = ReferenceSegmenter(self.work, self.base_id + CONDITIONS[UPPER_BOUND][1], name, seed, test_dataset,
+                                           self.out / name / f"seed{seed}" / "predictions")
+        runs = {role: self.out / f"synthesis_{role}"
+                for role in sorted({role for key, (role, _) in SYNTHETIC_ARMS.items() if results.get(key) is not None})}
+        return measure_synthesis_runs(runs, self.data, self.pair.source, self.pair.target, reference,
+                                      self.out / "fidelity", seed)
 
     def training_sets(self) -> dict[str, Any]:
         source_train = [self.data / f"volumes_{self.pair.source}_train.jsonl"]
@@ -234,40 +286,51 @@ def run_benchmark(config: BenchmarkConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "benchmark.yml", dump_yaml(config))
     chosen = config.chosen_pairs()
+    per_arm = [name for key in CONDITIONS for name in (key, *(f"{key}_seed{seed}" for seed in config.seed_list()))]
     stages = ["dataset"] + [f"pair{i}_{s}" for i, _ in chosen
                             for s in ("test_set", "synthesis_main", "synthesis_no_target", "synthesis_organ_attention",
-                                      "synthesis_self_trained", *CONDITIONS)]
+                                      "synthesis_self_trained", *per_arm, "measures")]
     runner = StageRunner(out, stages)
     data = out / "phantom"
     modalities = sorted({m for p in config.pairs for m in (p.source, p.target)})
     runner.run("dataset", lambda: make_dataset(config.dataset, modalities, data))
-    results = {pair.name: PairBenchmark(config, pair, i, data, runner).run() for i, pair in chosen}
-    return write_outputs(out, config, results, runner)
+    results, measures = {}, {}
+    for i, pair in chosen:
+        results[pair.name], measures[pair.name] = PairBenchmark(config, pair, i, data, runner).run()
+    return write_outputs(out, config, results, measures, runner)
 
 
-def write_outputs(out: Path, config: BenchmarkConfig, results: dict[str, dict[str, Any]], runner: StageRunner) -> Path:
+def write_outputs(out: Path, config: BenchmarkConfig, results: dict[str, dict[str, Any]],
+                  measures: dict[str, dict[str, Any]], runner: StageRunner) -> Path:
     seconds = runner.total_seconds
-    atomic_write_json(out / "benchmark.json", {"config": to_dict(config), "results": results,
-                                               "stage_seconds": runner.stage_seconds,
-                                               "seconds": seconds})
+    atomic_write_json(out / "benchmark.json", {"config": to_dict(config), "results": results, "measures": measures,
+                                               "stage_seconds": runner.stage_seconds, "seconds": seconds})
     columns = [key for key in CONDITIONS if key in config.conditions]
+    seeds = config.seed_list()
     lines = ["# Downstream benchmark on the simulated dataset (paper Table 3 shape)", "",
-             "Mean 3D Dice (%) over liver, right kidney, left kidney and spleen on held-out real target volumes.", "",
+             "Mean 3D Dice (%) over liver, right kidney, left kidney and spleen on held-out real target volumes"
+             + (f"; nnU-Net trained with seeds {', '.join(map(str, seeds))}: mean over seeds (min-max). "
+                "A difference inside the ranges is a tie." if len(seeds) > 1 else "."), "",
              "| source -> target | " + " | ".join(CONDITIONS[key][0] for key in columns) + " |",
              "|---" * (len(columns) + 1) + "|"]
     for pair, by_condition in results.items():
-        cells = ["n/a" if not evaluated(r) else f"{100 * r['mean']['dice']:.1f}"
+        cells = ["n/a" if not evaluated(r) else spread_cell(r["mean"]["dice"], r.get("spread", {}).get("mean", {}).get("dice"))
                  for r in (by_condition.get(k) for k in columns)]
         lines.append(f"| {pair} | " + " | ".join(cells) + " |")
     for pair, by_condition in results.items():
         present = {CONDITIONS[k][0]: r for k, r in by_condition.items() if evaluated(r)}
         lines += ["", f"## {pair}", "", "Dice (%):", "", organ_table(present, "dice"), "", "HD95 (mm):", "",
-                  organ_table(present, "hd95"), "", cost_table(by_condition)]
+                  organ_table(present, "hd95"), "", cost_table(by_condition), "",
+                  measures_table(measures.get(pair, {}), RUN_TITLES)]
     lines += ["", f"Total time {seconds:.0f} s (sum of the stages). Config: `benchmark.yml`; every number: `benchmark.json`; chart: `benchmark.png`."]
     write_chart(out / "benchmark.png", results, columns)
     path = out / "benchmark.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
+
+
+RUN_TITLES = {"main": "MRGen ControlNet", "no_target": "ControlNet without D_t images",
+              "self_trained": "self-trained ControlNet", "organ_attention": "organ attention"}
 
 
 def evaluated(result: dict[str, Any] | None) -> bool:
@@ -283,13 +346,10 @@ def cost_table(by_condition: dict[str, Any]) -> str:
             continue
         s = r.get("synthesis")
         synth = ["", "", "", ""] if s is None else [str(s["candidates"]), str(s["accepted"]),
-                                                    _num(s["unet_evaluations_per_accepted"], ".0f"), _num(s["seconds_per_accepted"], ".2f")]
+                                                    number_cell(s["unet_evaluations_per_accepted"], ".0f"), number_cell(s["seconds_per_accepted"], ".2f")]
         lines.append(f"| {CONDITIONS[key][0]} | {r['seconds']:.0f} | " + " | ".join(synth) + " |")
     return "\n".join(lines)
 
-
-def _num(value: float | None, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
 
 
 def write_chart(path: Path, results: dict[str, dict[str, Any]], keys: list[str]) -> None:

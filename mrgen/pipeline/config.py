@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mrgen.nnunet.plans import LEAN_PLANS, PLANS
+
 
 @dataclass
 class DatasetSection:
@@ -70,6 +72,11 @@ class SegmentationSection:
     val_iterations: int = 5
     batch_size: int = 0  # slices per nnU-Net batch; 0: the plan's (5 % of the dataset at most)
     dataset_id: int = 601
+    plans: str = LEAN_PLANS  # nnU-Net's own (nnUNetPlans) or the CPU-lean network (mrgen.nnunet.plans)
+
+    def __post_init__(self) -> None:
+        if self.plans not in PLANS:
+            raise ValueError(f"segmentation.plans must be one of {list(PLANS)}, got {self.plans!r}")
 
 
 @dataclass

@@ -21,6 +21,7 @@ from mrgen.pipeline.config import DatasetSection, PipelineConfig
 from mrgen.pipeline.report import write_report
 from mrgen.pipeline.segmentation import NnUNetWork
 from mrgen.pipeline.stages import StageRunner
+from mrgen.pipeline.synthetic_measures import ReferenceSegmenter, measure_synthesis_runs
 from mrgen.synthesis.run import SynthesisOptions, synthesize
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ CONDITIONING_STAGES = {"controlnet": ["train_controlnet"], "organ_attention": ["
 def stage_names(config: PipelineConfig) -> list[str]:
     m = config.models
     training = ["train_vae", "train_unet", *CONDITIONING_STAGES[m.conditioning]] if m.train else []
-    return ["dataset", *training, "synthesis", "nnunet_data", "nnunet_train", "evaluation"]
+    return ["dataset", *training, "synthesis", "nnunet_data", "nnunet_train", "evaluation", "synthetic_measures"]
 
 
 def pair_config_for(config_path: str, out: Path, data: Path, name: str = "pair.yml") -> Path:
@@ -121,7 +122,7 @@ def run_pipeline(config: PipelineConfig) -> Path:
         return write_report(out, config, runner)
 
     seg = config.segmentation
-    work = NnUNetWork(out / "nnunet", seg, config.seed)
+    work = NnUNetWork(out / "nnunet", seg)
     train_id, test_id = seg.dataset_id, seg.dataset_id + 1
     filtered = next((synthesis_dir / "json_files").glob("*_filtered.json"))
     runner.run("nnunet_data", lambda: {
@@ -129,12 +130,28 @@ def run_pipeline(config: PipelineConfig) -> Path:
         "test": str(work.export_real([data / f"volumes_{config.target}_test.jsonl"], "test", test_id,
                                      f"Real{config.target.replace('-', '')}", config.dataset.size)),
     })
-    runner.run("nnunet_train", lambda: work.train(train_id, "MRGenSynthetic"))
+    runner.run("nnunet_train", lambda: work.plan_and_train(train_id, "MRGenSynthetic", config.seed))
     test_dataset = Path(runner.results["nnunet_data"]["test"])
-    runner.run("evaluation", lambda: work.predict_and_evaluate(train_id, "MRGenSynthetic", test_dataset, out / "evaluation"))
+    runner.run("evaluation", lambda: work.predict_and_evaluate(train_id, "MRGenSynthetic", test_dataset, out / "evaluation",
+                                                               config.seed))
+    runner.run("synthetic_measures", lambda: measure_demo_synthesis(config, work, data, synthesis_dir, test_dataset))
     report = write_report(out, config, runner)
     log.info("report: %s", report)
     return report
+
+
+def measure_demo_synthesis(config: PipelineConfig, work: NnUNetWork, data: Path, synthesis_dir: Path,
+                           test_dataset: Path) -> dict[str, Any]:
+    """Fidelity and realism of the candidates (mrgen.pipeline.synthetic_measures), with a reference nnU-Net trained
+    on the real target training volumes' labels for the same budget as the synthetic one."""
+    out = Path(config.out) / "synthetic_measures"
+    dataset_id, name = config.segmentation.dataset_id + 2, "RealTargetTrain"
+    work.export_real([data / f"volumes_{config.target}_train.jsonl"], "train", dataset_id, name, config.dataset.size)
+    work.plan_and_train(dataset_id, name, config.seed)
+    predictions = work.predict(test_dataset / "imagesTs", out / "reference" / "predictions", dataset_id, name, config.seed)
+    reference = ReferenceSegmenter(work, dataset_id, name, config.seed, test_dataset, predictions)
+    return measure_synthesis_runs({"MRGen synthetic": synthesis_dir}, data, config.source, config.target, reference,
+                                  out, config.seed)
 
 
 def make_dataset(section: DatasetSection, modalities: list[str], data: Path) -> dict[str, Any]:

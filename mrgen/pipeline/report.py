@@ -10,9 +10,9 @@ from typing import Any
 
 from mrgen.io.atomic import atomic_write_text
 from mrgen.io.images import read_gray
-from mrgen.pipeline.segmentation import organ_table
+from mrgen.pipeline.segmentation import number_cell, organ_table
 from mrgen.pipeline.stages import StageRunner
-from mrgen.synthesis import manifest
+from mrgen.pipeline.synthetic_measures import candidate_records, measures_table
 from mrgen.viz import overlay, save_grid
 
 SAMPLES_IN_FIGURE = 8
@@ -79,7 +79,7 @@ def _pictures(out: Path, results: dict[str, dict[str, Any]], records: list[dict[
 def write_report(out: Path, config: Any, runner: StageRunner) -> Path:
     results = runner.results
     synthesis = results["synthesis"]
-    records = manifest.read(out / "synthesis" / "manifest.jsonl")
+    records = candidate_records(out / "synthesis")
     following = synthesis["mask_following"]
     evaluation = results.get("evaluation")
     models = "trained from scratch in this run" if config.models.train else f"model zoo `{config.models.zoo}`"
@@ -94,8 +94,8 @@ def write_report(out: Path, config: Any, runner: StageRunner) -> Path:
         "| masks | candidates | accepted | acceptance rate | s / accepted | UNet evaluations / accepted |",
         "|---|---|---|---|---|---|",
         f"| {synthesis['masks']} | {synthesis['candidates']} | {synthesis['accepted']} | "
-        f"{100 * synthesis['acceptance_rate']:.1f} % | {_num(synthesis['seconds_per_accepted'], '.2f')} | "
-        f"{_num(synthesis['unet_evaluations_per_accepted'], '.0f')} |",
+        f"{100 * synthesis['acceptance_rate']:.1f} % | {number_cell(synthesis['seconds_per_accepted'], '.2f')} | "
+        f"{number_cell(synthesis['unet_evaluations_per_accepted'], '.0f')} |",
         "",
         _stage_table(results),
         "",
@@ -114,6 +114,8 @@ def write_report(out: Path, config: Any, runner: StageRunner) -> Path:
         if table is not None:
             lines += [f"**{subset}**", "", table["table"], ""]
     lines += _segmentation_section(config, evaluation)
+    if "synthetic_measures" in results:
+        lines += ["## Fidelity and realism of the synthetic slices", "", measures_table(results["synthetic_measures"]), ""]
     path = out / "report.md"
     atomic_write_text(path, "\n".join(lines))
     atomic_write_text(out / "report.json", json.dumps(results, indent=2, default=str) + "\n")
@@ -141,8 +143,5 @@ def _segmentation_section(config: Any, evaluation: dict[str, Any] | None) -> lis
         "",
     ]
 
-
-def _num(value: float | None, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
 
 
