@@ -444,7 +444,11 @@ def test_latent_cache_matches_the_vae_posterior(toy_data, tmp_path: Path) -> Non
     vae = build_from_config(TINY, "vae").eval()
     dataset = ImageTextDataset([toy_data["source"]], size=64, split="all", prompt_dropout=0.0)
     accelerator = Accelerator(cpu=True)
+    torch.manual_seed(0)
     cache = LatentCache.build(tmp_path / "cache", dataset, vae, accelerator, resolution=64, batch_size=4)
+    # building the cache draws nothing from torch's global generator: a run that builds it and one that finds it
+    # built train with the same random numbers
+    assert torch.equal(torch.get_rng_state(), torch.manual_seed(0).get_state())
     cached = CachedLatentDataset(dataset, cache)
     item = cached[3]
     with torch.no_grad():

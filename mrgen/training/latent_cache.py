@@ -112,7 +112,10 @@ def _encode_shard(folder: Path, shard: int, dataset: Dataset, vae: AutoencoderKL
                   num_workers: int) -> None:
     start = shard * SHARD_SIZE
     indices = list(range(start, min(len(dataset), start + SHARD_SIZE)))
-    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    # its own generator: without one, every DataLoader iterator draws a worker seed from torch's global generator,
+    # so building the cache (or finding it built) would change every random number the training draws after it
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        generator=torch.Generator().manual_seed(shard))
     means, stds, paths = [], [], []
     for batch in loader:
         images = batch["image"].to(device=vae.device, dtype=vae.dtype)
