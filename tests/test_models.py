@@ -163,6 +163,24 @@ def test_released_biomedclip_layout_maps_onto_a_stock_bert(tmp_path: Path) -> No
         torch.testing.assert_close(context, expected, rtol=0, atol=1e-6)
 
 
+def test_released_layout_config_written_by_save_pretrained_loads(tmp_path: Path) -> None:
+    """save_pretrained leaves out fields equal to the config class's defaults (num_hidden_layers 12 for BERT-base):
+    the sizes come from the weights; a stated size that disagrees with them is an error."""
+    bert, tokenizer = make_released_text_encoder(tmp_path)
+    config_path = tmp_path / RELEASED_ENCODER_DIR / "config.json"
+    config = json.loads(config_path.read_text())
+    for field in ("num_hidden_layers", "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+        del config["text_config"][field]
+    config_path.write_text(json.dumps(config))
+    encoder = load_text_encoder("biomedclip", tmp_path)
+    torch.testing.assert_close(encoder.encode(["t1 mri, liver"]), _reference_context(bert, tokenizer, ["t1 mri, liver"]),
+                               rtol=0, atol=1e-6)
+    config["text_config"]["num_hidden_layers"] = 12
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(TextEncoderError, match="disagrees with the weights.*num_hidden_layers"):
+        load_text_encoder("biomedclip", tmp_path)
+
+
 def test_open_clip_biomedclip_layout_takes_the_inner_bert(tmp_path: Path) -> None:
     bert, _ = _tiny_bert()
     state = {f"text.transformer.{k}": v for k, v in bert.state_dict().items()}

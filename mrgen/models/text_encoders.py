@@ -186,31 +186,33 @@ def _load_released_layout(encoder_dir: Path, tokenizer_dir: Path) -> TextEncoder
         text_config = json.loads(config_path.read_text(encoding="utf-8"))["text_config"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise TextEncoderError(f"{config_path}: expected a JSON object with a BERT 'text_config' ({err!r})") from err
-    config = bert_config_from_text_config(text_config, config_path)
-    state = _read_weights(_first_existing(encoder_dir, HF_WEIGHTS))
-    model = bert_from_state_dict(config, released_to_bert_keys(state, encoder_dir), str(encoder_dir))
+    state = released_to_bert_keys(_read_weights(_first_existing(encoder_dir, HF_WEIGHTS)), encoder_dir)
+    model = bert_from_state_dict(bert_config_from_text_config(text_config, state, config_path), state, str(encoder_dir))
     return TextEncoder("biomedclip", _load_tokenizer(tokenizer_dir), model, str(encoder_dir.parent))
 
 
-def bert_config_from_text_config(text_config: Mapping, source: Path) -> BertConfig:
-    """A ``BertConfig`` from the port's ``text_config`` (absent fields take BERT-base values)."""
-    try:
-        return BertConfig(
-            vocab_size=int(text_config["vocab_size"]),
-            hidden_size=int(text_config["hidden_size"]),
-            num_hidden_layers=int(text_config["num_hidden_layers"]),
-            num_attention_heads=int(text_config["num_attention_heads"]),
-            intermediate_size=int(text_config["intermediate_size"]),
-            hidden_act=text_config.get("hidden_act", "gelu"),
-            max_position_embeddings=int(text_config.get("max_position_embeddings", 512)),
-            type_vocab_size=int(text_config.get("type_vocab_size", 2)),
-            layer_norm_eps=float(text_config.get("layer_norm_eps", 1e-12)),
-            pad_token_id=int(text_config.get("pad_token_id", 0)),
-            hidden_dropout_prob=0.0,
-            attention_probs_dropout_prob=0.0,
-        )
-    except KeyError as err:
-        raise TextEncoderError(f"{source}: text_config lacks {err.args[0]!r}") from err
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "max_position_embeddings",
+                "type_vocab_size")
+
+
+def bert_config_from_text_config(text_config: Mapping, state: Mapping[str, torch.Tensor], source: Path) -> BertConfig:
+    """A ``BertConfig`` with the sizes read off the weights and the rest from the port's ``text_config``.
+
+    ``save_pretrained`` leaves out every field equal to its config class's default (a BERT-base
+    ``num_hidden_layers`` of 12, say), so the weights, which always carry the sizes, are the source of truth for
+    them; a size the config does state must agree with the weights. The head count, which no weight shape
+    gives, comes from the config, else from BERT's 64-wide heads."""
+    config = _bert_config_from_weights(state, source)
+    stated = {k: int(text_config[k]) for k in SHAPE_FIELDS if k in text_config}
+    disagree = {k: (v, getattr(config, k)) for k, v in stated.items() if v != getattr(config, k)}
+    if disagree:
+        raise TextEncoderError(f"{source}: text_config disagrees with the weights (config, weights): {disagree}; "
+                               f"the config belongs to another model")
+    config.num_attention_heads = int(text_config.get("num_attention_heads", config.num_attention_heads))
+    config.hidden_act = text_config.get("hidden_act", config.hidden_act)
+    config.layer_norm_eps = float(text_config.get("layer_norm_eps", config.layer_norm_eps))
+    config.pad_token_id = int(text_config.get("pad_token_id", config.pad_token_id))
+    return config
 
 
 def released_to_bert_keys(state: Mapping[str, torch.Tensor], source: Path) -> dict[str, torch.Tensor]:
