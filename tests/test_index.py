@@ -66,6 +66,16 @@ def test_mask_shape_differs_from_image(tmp_path):
     assert "entry 5: field 'mask0_path': mask is 10x10 but the image is 24x20" in msg
 
 
+def test_non_binary_mask_is_refused(tmp_path):
+    path = make_toy_index(tmp_path, "a", "T2 SPIR Abdomen MRI")
+    noise = np.random.default_rng(0).integers(0, 256, (24, 20), dtype=np.uint8)  # an image saved as a mask
+    write_gray(tmp_path / "a/p1/s0_mask0.png", noise)
+    msg = _error(path)
+    assert "entry 2: field 'mask0_path'" in msg and "is not binary (grey levels 0, 1, 2" in msg
+    write_gray(tmp_path / "a/p1/s0_mask0.png", np.where(noise > 128, 255, 0).astype(np.uint8))
+    assert len(load_index(path)) == 6  # 0/255 is a mask
+
+
 def test_organ_not_in_label(tmp_path):
     path = _rewrite(make_toy_index(tmp_path, "a", "T2 SPIR Abdomen MRI"), lambda e: e[0]["organs"].append("pancreas"))
     assert "entry 0: field 'organs': organ 'pancreas' is not in label" in _error(path)

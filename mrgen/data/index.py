@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from mrgen.data.modalities import ModalityRegistry, load_registry
@@ -197,22 +198,7 @@ class _EntryParser:
         image_path = self.resolve(i, "image_path", raw["image_path"])
         image_hw = self.image_size(i, "image_path", image_path) if image_path and self.check_files else None
 
-        mask_paths: list[Path | None] = []
-        mask_numbers = sorted(int(m.group(1)) for m in (MASK_FIELD.match(k) for k in raw) if m)
-        if mask_numbers and mask_numbers != list(range(len(mask_numbers))):
-            self.problem(i, "mask*_path", f"mask fields must be numbered 0..K-1 without gaps, got {mask_numbers}")
-        for k in mask_numbers:
-            name = f"mask{k}_path"
-            if raw[name] is None:
-                mask_paths.append(None)
-                continue
-            mask_path = self.resolve(i, name, raw[name])
-            mask_paths.append(mask_path)
-            if mask_path and image_hw and self.check_files:
-                mask_hw = self.image_size(i, name, mask_path)
-                if mask_hw and mask_hw != image_hw:
-                    self.problem(i, name, f"mask is {mask_hw[0]}x{mask_hw[1]} but the image is "
-                                          f"{image_hw[0]}x{image_hw[1]} (H x W); masks must match their image")
+        mask_paths = self.masks(i, raw, image_hw)
         if label is not None and len(mask_paths) > len(label):
             self.problem(i, "label", f"{len(mask_paths)} mask fields but only {len(label)} label names; mask i belongs to label[i]")
 
@@ -248,6 +234,39 @@ class _EntryParser:
             extra=extra,
             **optional,
         )
+
+    def masks(self, i: int, raw: dict[str, Any], image_hw: tuple[int, int] | None) -> list[Path | None]:
+        """The ``mask{k}_path`` fields in order; each file must match its image's size and be binary."""
+        mask_paths: list[Path | None] = []
+        mask_numbers = sorted(int(m.group(1)) for m in (MASK_FIELD.match(k) for k in raw) if m)
+        if mask_numbers and mask_numbers != list(range(len(mask_numbers))):
+            self.problem(i, "mask*_path", f"mask fields must be numbered 0..K-1 without gaps, got {mask_numbers}")
+        for k in mask_numbers:
+            name = f"mask{k}_path"
+            if raw[name] is None:
+                mask_paths.append(None)
+                continue
+            mask_path = self.resolve(i, name, raw[name])
+            mask_paths.append(mask_path)
+            if mask_path and image_hw and self.check_files:
+                self.check_mask(i, name, mask_path, image_hw)
+        return mask_paths
+
+    def check_mask(self, i: int, name: str, path: Path, image_hw: tuple[int, int]) -> None:
+        try:
+            with Image.open(path) as im:
+                levels = np.unique(np.asarray(im.convert("L") if im.mode not in ("L", "1", "P") else im))
+                width, height = im.size
+        except (UnidentifiedImageError, OSError) as err:
+            self.problem(i, name, f"file {path} is not a readable image ({err}); re-export it")
+            return
+        if (height, width) != image_hw:
+            self.problem(i, name, f"mask is {height}x{width} but the image is {image_hw[0]}x{image_hw[1]} (H x W); "
+                                  f"masks must match their image")
+        if levels.size > 2 or (levels.size == 2 and levels[0] != 0):
+            shown = ", ".join(str(v) for v in levels[:6]) + (" ..." if levels.size > 6 else "")
+            self.problem(i, name, f"mask {path} is not binary (grey levels {shown}); a mask holds 0 for background "
+                                  f"and one foreground level (0/255 PNG); is this an image or a label map?")
 
     def string_list(self, i: int, name: str, value: Any) -> list[str] | None:
         if isinstance(value, str):  # the Radiopaedia JSON stores organs as one comma-separated string
