@@ -55,7 +55,10 @@ def parse_args(argv: list[str] | None = None) -> SynthesisOptions:
     p.add_argument("--max_masks", type=int, default=None, help="use N masks spread evenly over the list (quick looks)")
     p.add_argument("--size", type=int, default=None, help="image size; default: the VAE's sample_size")
     p.add_argument("--half", action=argparse.BooleanOptionalAction, default=None, help="fp16 models (default: on with CUDA)")
-    return SynthesisOptions(**vars(p.parse_args(argv)))
+    try:
+        return SynthesisOptions(**vars(p.parse_args(argv)))
+    except ValueError as err:
+        p.error(str(err))  # usage and the message, exit code 2, no traceback
 
 
 def main(argv: list[str] | None = None) -> None:

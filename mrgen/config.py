@@ -69,6 +69,26 @@ class TrainSection:
     num_threads: int = 0  # torch CPU threads per process; 0 = the cores shared among the machine's processes
     log_every_steps: int = 1  # tensorboard scalars
 
+    def __post_init__(self) -> None:
+        at_least(self, 1, "train_batch_size", "gradient_accumulation_steps", "max_train_steps", "checkpointing_steps",
+                 "validation_steps", "log_every_steps")
+        at_least(self, 0, "lr_warmup_steps", "dataloader_num_workers", "num_threads", "max_grad_norm")
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate}")
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie between 0 and 1, got {self.ema_decay}")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise ValueError(f"checkpoints_total_limit must be at least 1 or null (keep all), got "
+                             f"{self.checkpoints_total_limit}")
+
+
+def at_least(section: Any, minimum: float, *names: str) -> None:
+    """Refuse a count or step setting below ``minimum`` (a negative step count used to train nothing, silently)."""
+    for name in names:
+        value = getattr(section, name)
+        if value < minimum:
+            raise ValueError(f"{name} must be at least {minimum}, got {value}")
+
 
 @dataclass
 class VAETrainSection(TrainSection):

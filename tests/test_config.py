@@ -87,3 +87,20 @@ def test_every_shipped_config_loads(path: Path) -> None:
               else OrganAttentionConfig if "organ_attention" in str(path.relative_to(CONFIGS)) else ControlNetConfig)
     cfg = load_config(path, schema)
     assert "output_dir" in dump_yaml(cfg)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.max_train_steps=-5", "max_train_steps must be at least 1, got -5"),
+    ("train.checkpointing_steps=0", "checkpointing_steps must be at least 1, got 0"),
+    ("train.train_batch_size=0", "train_batch_size must be at least 1"),
+    ("train.learning_rate=0", "learning_rate must be positive"),
+    ("train.ema_decay=1.5", "ema_decay must lie between 0 and 1"),
+    ("train.checkpoints_total_limit=0", "checkpoints_total_limit must be at least 1 or null"),
+    ("segmentation.plans=nnUNetPlans_Big", "segmentation.plans must be one of"),
+])
+def test_out_of_range_settings_are_refused_with_the_file(tmp_path: Path, override: str, message: str) -> None:
+    schema, path = (PipelineConfig, REPO / "training_configs/pipeline/demo.yml") if override.startswith("segmentation") \
+        else (UNetConfig, REPO / "training_configs/train_unet_config.yml")
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(path, schema, [override])
+    assert str(path) in str(info.value)

@@ -156,3 +156,18 @@ def test_mask_following_scores_own_masks_high_shuffled_at_the_floor_and_reports_
     assert inverted.fraction_brighter < 0.2  # the polarity flips ...
     assert abs(inverted.mean_iou - own.mean_iou) < 0.1  # ... while the IoU barely notices
     assert "| brighter than surroundings |" in real.table()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--max_masks", "0"], "--max_masks must be at least 1 (got 0); leave --max_masks out"),
+    (["--steps", "0"], "--steps must be at least 1 (got 0)"),
+    (["--num_images_per_prompt", "-1"], "--num_images_per_prompt must be at least 1"),
+    (["--part_id", "2", "--num_parts", "2"], "--part_id must be in [0, --num_parts=2)"),
+    (["--guidance_scale", "-1"], "must not be negative"),
+])
+def test_bad_counts_are_refused_before_any_work(flags, message, capsys):
+    import synthesize_filter_multi
+
+    with pytest.raises(SystemExit) as exit_info:
+        synthesize_filter_multi.parse_args(["--ckpt", "x", "--log_dir", "y", "--config", "z", *flags])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

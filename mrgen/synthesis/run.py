@@ -89,8 +89,16 @@ class SynthesisOptions:
     def __post_init__(self) -> None:
         if not 0 <= self.part_id < self.num_parts:
             raise ValueError(f"--part_id must be in [0, --num_parts={self.num_parts}), got {self.part_id}")
-        if self.num_images_per_prompt < 1 or self.max_tries_per_mask < 1:
-            raise ValueError("--num_images_per_prompt and --max_tries_per_mask must be at least 1")
+        counts = {"num_images_per_prompt": self.num_images_per_prompt, "max_tries_per_mask": self.max_tries_per_mask,
+                  "steps": self.steps, "sample_per_mask": self.sample_per_mask, "top_k": self.top_k,
+                  "num_parts": self.num_parts, "num_gpus": self.num_gpus,
+                  "max_masks": 1 if self.max_masks is None else self.max_masks}
+        low = {name: value for name, value in counts.items() if value < 1}
+        if low:
+            raise ValueError(", ".join(f"--{name} must be at least 1 (got {value})" for name, value in low.items())
+                             + ("; leave --max_masks out to use every mask" if "max_masks" in low else ""))
+        if self.guidance_scale < 0 or self.controlnet_scale < 0:
+            raise ValueError("--guidance_scale and --controlnet_scale must not be negative")
 
     @property
     def rule(self) -> SelectionRule:
