@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from conftest import ORGANS, make_toy_index
 from mrgen.config import (ControlNetConfig, DiffusionModelSection, DiffusionTrainSection, ImageTextData,
                           OrganAttentionConfig, OrganAttentionSection, SelfTrainingSection, UNetConfig,
-                          ValidationSection, VAEConfig, VAEModelSection, VAETrainSection, dump_yaml)
+                          ValidationSection, VAEConfig, VAEModelSection, VAETrainSection, dump_yaml, to_dict)
 from mrgen.data.datasets import ImageTextDataset, PairConfig
 from mrgen.models import ORGAN_ATTENTION, TextEncoderError, build_from_config, load_pretrained
 from mrgen.training import checkpoints, train_controlnet, train_organ_attention, train_unet, train_vae
@@ -362,6 +362,19 @@ def test_resume_equals_a_straight_run(toy_data, vae_pipeline: Path, tmp_path: Pa
     _tensors_close(straight, again, "checkpoint-4")
     assert again["lr_scheduler"]["last_epoch"] == 4  # stepped once per optimizer step
     assert again["progress"]["global_step"] == 4 and len(again["progress"]["losses"]) == 4
+
+    # the restored optimizer and scheduler would keep the old learning rate: a changed one is refused up front,
+    # a longer run (max_train_steps) is not; a --resume path that does not exist fails before any work
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    changed = unet_config(tmp_path / "resumed", toy_data, vae_pipeline, **{**settings, "learning_rate": 0.5})
+    with pytest.raises(checkpoints.ResumeError, match=r"train\.learning_rate: 0\.001 in the checkpoint, 0\.5 now"):
+        train_unet(changed, resume="latest")
+    with pytest.raises(checkpoints.ResumeError, match="no such checkpoint folder"):
+        train_unet(resumed, resume=str(tmp_path / "nowhere"))
+    checkpoints.check_resume_config(tmp_path / "resumed" / "checkpoints" / "checkpoint-4",
+                                    to_dict(unet_config(tmp_path / "resumed", toy_data, vae_pipeline,
+                                                        **{**settings, "max_train_steps": 6})))
 
 
 def test_accumulating_two_micro_batches_equals_one_double_batch(toy_data, tmp_path: Path) -> None:

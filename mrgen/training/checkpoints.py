@@ -13,7 +13,9 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
+
+import yaml
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,10 @@ def checkpoint_step(path: str | os.PathLike) -> int:
     return int(match.group(1))
 
 
+class ResumeError(ValueError):
+    """``--resume`` names no checkpoint, or one made with settings the restored state would silently override."""
+
+
 def resolve_resume(resume: str | None, root: str | os.PathLike) -> Path | None:
     """``latest`` -> the newest complete checkpoint (None if there is none yet); a path -> that folder."""
     if not resume:
@@ -52,9 +58,45 @@ def resolve_resume(resume: str | None, root: str | os.PathLike) -> Path | None:
         return found[-1] if found else None
     path = Path(resume)
     if not path.is_dir():
-        raise FileNotFoundError(f"--resume {resume}: no such checkpoint folder (use --resume latest for the newest "
+        raise ResumeError(f"--resume {resume}: no such checkpoint folder (use --resume latest for the newest "
                                 f"one under {root})")
     return path
+
+
+CONFIG_FILE = "config.yaml"  # the training config a checkpoint was made with
+# settings a resumed run may change: they decide how often things happen and where, not what is learned
+# (max_train_steps: the schedule is rebuilt from the config and only its step count is restored)
+CHANGEABLE_ON_RESUME = {"name", "output_dir", "train.max_train_steps", "train.checkpointing_steps",
+                        "train.checkpoints_total_limit", "train.validation_steps", "train.log_every_steps",
+                        "train.dataloader_num_workers", "train.num_threads"}
+
+
+def _flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def check_resume_config(checkpoint: Path, config: Mapping[str, Any]) -> None:
+    """Refuse to resume ``checkpoint`` with a config that differs from its own outside ``CHANGEABLE_ON_RESUME``
+    and ``validation.*``: the restored optimizer, scheduler and data order would silently keep the old values."""
+    saved_path = Path(checkpoint) / CONFIG_FILE
+    if not saved_path.is_file():
+        log.warning("%s holds no %s (an older checkpoint): cannot check that the config is unchanged", checkpoint,
+                    CONFIG_FILE)
+        return
+    saved, current = _flat(yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}), _flat(config)
+    changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k)
+                     and k not in CHANGEABLE_ON_RESUME and not k.startswith("validation."))
+    if changed:
+        differences = "; ".join(f"{k}: {saved.get(k)!r} in the checkpoint, {current.get(k)!r} now" for k in changed)
+        raise ResumeError(
+            f"--resume {checkpoint}: the config differs from the checkpoint's in settings its restored state would "
+            f"override ({differences}). Put those settings back, or train into a new output_dir without --resume")
 
 
 def remove_incomplete(root: str | os.PathLike) -> None:

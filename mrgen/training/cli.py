@@ -8,6 +8,7 @@ import sys
 from typing import Callable, Sequence
 
 from mrgen.config import ConfigError, ControlNetConfig, OrganAttentionConfig, UNetConfig, VAEConfig, load_config
+from mrgen.training.checkpoints import ResumeError
 from mrgen.training.controlnet_stage import train_controlnet
 from mrgen.training.organ_attention_stage import train_organ_attention
 from mrgen.training.unet_stage import train_unet
@@ -46,4 +47,7 @@ def main(stage: str, argv: Sequence[str] | None = None) -> None:
         config = load_config(args.config, schema, args.overrides)
     except ConfigError as err:
         sys.exit(f"error: {err}")
-    train(config, resume=args.resume)
+    try:
+        train(config, resume=args.resume)
+    except ResumeError as err:  # the user's --resume; raised before any work
+        sys.exit(f"error: {err}")

@@ -117,6 +117,9 @@ def run_training(config: VAEConfig | UNetConfig | PairStageConfig, make_stage: S
     if train.allow_tf32:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    resume_from = checkpoints.resolve_resume(resume, output_dir / CHECKPOINT_DIR)  # a bad path fails before any work
+    if resume_from is not None:
+        checkpoints.check_resume_config(resume_from, to_dict(config))
     accelerator = _make_accelerator(train, output_dir)
     set_seed(config.seed, device_specific=True)
     if accelerator.is_main_process:
@@ -128,7 +131,7 @@ def run_training(config: VAEConfig | UNetConfig | PairStageConfig, make_stage: S
 
     stage = make_stage(accelerator)
     loop = _Loop(accelerator, config, train, stage, output_dir)
-    loop.resume(resume)
+    loop.resume(resume_from, requested=resume)
     loop.run()
     return loop.finish()
 
@@ -228,12 +231,11 @@ class _Loop:
         while models:
             models.pop()
 
-    def resume(self, resume: str | None) -> None:
-        path = checkpoints.resolve_resume(resume, self.checkpoint_root)
+    def resume(self, path: Path | None, requested: str | None) -> None:
         main = self.accelerator.is_main_process
         if path is None:
-            if resume and main:
-                log.warning("--resume %s: no complete checkpoint in %s yet; starting a new run", resume,
+            if requested and main:
+                log.warning("--resume %s: no complete checkpoint in %s yet; starting a new run", requested,
                             self.checkpoint_root)
             return
         if main:
@@ -254,6 +256,7 @@ class _Loop:
         acc.save_state(str(temp))
         acc.wait_for_everyone()
         if acc.is_main_process:
+            atomic_write_text(temp / checkpoints.CONFIG_FILE, dump_yaml(self.config))
             final = checkpoints.commit(temp, step)
             checkpoints.rotate(self.checkpoint_root, self.train.checkpoints_total_limit)
             self._write_loss_curve()
