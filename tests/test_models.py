@@ -17,6 +17,7 @@ from mrgen.models import (CONTROLNET, SCHEDULER, UNET, VAE, ModelFolderError, Pr
                           TextEncoderSpec, build_empty, build_from_config, controlnet_from_unet, count_parameters,
                           load_pipeline_components, load_text_encoder, model_config, noise_scheduler, scheduler_config,
                           vae_scale_factor, write_text_encoder)
+from mrgen.models.builders import load_pretrained
 from mrgen.models.text_encoders import RELEASED_ENCODER_DIR, RELEASED_TOKENIZER_DIR
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,6 +88,23 @@ def test_missing_model_folder_names_the_expected_files(tmp_path: Path) -> None:
         build_from_config(tmp_path, UNET)
     with pytest.raises(ModelFolderError, match="does not exist"):
         build_from_config(tmp_path / "nowhere", VAE)
+
+
+def test_damaged_or_diverged_weights_are_refused_with_the_folder(tmp_path: Path) -> None:
+    vae = build_from_config(TINY, VAE)
+    vae.save_pretrained(tmp_path / "good" / VAE)
+    assert load_pretrained(tmp_path / "good", VAE) is not None
+    weights = tmp_path / "good" / VAE / "diffusion_pytorch_model.safetensors"
+    (tmp_path / "cut" / VAE).mkdir(parents=True)
+    (tmp_path / "cut" / VAE / "config.json").write_bytes((tmp_path / "good" / VAE / "config.json").read_bytes())
+    (tmp_path / "cut" / VAE / weights.name).write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ModelFolderError, match=r"cut/vae: the weights cannot be read .*truncated or damaged"):
+        load_pretrained(tmp_path / "cut", VAE)
+    with torch.no_grad():
+        next(vae.parameters()).view(-1)[0] = float("nan")
+    vae.save_pretrained(tmp_path / "nan" / VAE)
+    with pytest.raises(ModelFolderError, match=r"nan/vae: 1 weight tensor\(s\) hold NaN or infinity"):
+        load_pretrained(tmp_path / "nan", VAE)
 
 
 def _tiny_bert() -> tuple[BertModel, BertConfig]:

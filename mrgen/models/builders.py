@@ -98,7 +98,16 @@ def load_pretrained(root: str | os.PathLike, component: str) -> ModelMixin:
     if not has_weights(folder):
         raise ModelFolderError(f"{folder}: has a config but no weights ({' or '.join(WEIGHT_FILES)}); train this "
                                f"component first or point to a folder that has them")
-    return _CLASSES[component].from_pretrained(folder)
+    try:
+        model = _CLASSES[component].from_pretrained(folder)
+    except (OSError, ValueError, RuntimeError) as err:  # safetensors' and diffusers' errors for damaged files
+        raise ModelFolderError(f"{folder}: the weights cannot be read ({err}); the file is truncated or damaged "
+                               f"(an interrupted copy or download?): copy it again or retrain this component") from err
+    bad = [name for name, tensor in model.state_dict().items() if not torch.isfinite(tensor).all()]
+    if bad:
+        raise ModelFolderError(f"{folder}: {len(bad)} weight tensor(s) hold NaN or infinity (first: {bad[0]}); the "
+                               f"training diverged or the file is damaged: use an earlier checkpoint or retrain")
+    return model
 
 
 def controlnet_from_unet(unet: UNet2DConditionModel, conditioning_channels: int,
