@@ -3,6 +3,7 @@ local open_clip model. Real weights are not available offline, so the networks h
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 from pathlib import Path
@@ -88,7 +89,12 @@ def inception_weights(tmp_path_factory) -> Path:
     return path
 
 
-def test_fid_is_zero_against_itself_and_grows_with_perturbation(tmp_path, inception_weights):
+def test_fid_is_zero_against_itself_and_grows_with_perturbation(tmp_path, inception_weights, monkeypatch):
+    def no_download(*args, **kwargs):
+        raise AssertionError(f"FID tried to download {args[:1]}")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    hub = torch.hub.get_dir()
     real = _images(tmp_path / "real", 8, seed=0)
     slightly = _images(tmp_path / "slightly", 8, seed=0, noise=10)
     very = _images(tmp_path / "very", 8, seed=0, noise=60)
@@ -96,6 +102,11 @@ def test_fid_is_zero_against_itself_and_grows_with_perturbation(tmp_path, incept
     small = fid_between_folders(real, slightly, inception_weights, dims=64).fid
     large = fid_between_folders(real, very, inception_weights, dims=64).fid
     assert abs(same) < 1e-3 and same < small < large
+    assert torch.hub.get_dir() == hub  # the temporary hub directory is gone again
+    pickled = tmp_path / FID_WEIGHTS_NAME
+    torch.save({"layer": torch.zeros(1), "made": datetime.date(2015, 12, 5)}, pickled)  # not a plain state dict
+    with pytest.raises(ValueError, match="not a plain state dict of tensors"):
+        fid_between_folders(real, real, pickled, dims=64)
 
 
 def test_fid_names_the_missing_weights_file(tmp_path, monkeypatch):
