@@ -154,7 +154,7 @@ def with_zoo(config: BenchmarkConfig, zoo: str) -> BenchmarkConfig:
 
 
 class PairBenchmark:
-    """The six trainings of one pair, sharing one dataset folder, one nnU-Net tree and one test set."""
+    """The arms of one pair, sharing one dataset folder, one nnU-Net tree and one test set."""
 
     def __init__(self, config: BenchmarkConfig, pair: PairSpec, index: int, data: Path, runner: StageRunner):
         self.config, self.pair, self.data, self.runner = config, pair, data, runner
