@@ -5,8 +5,8 @@
                                            [--conditions a e ...]
 
 ``default`` (24 cases per modality: 18 training and 6 held-out test volumes; 64 source masks x 4 candidates; nnU-Net
-on the CPU-lean plans, 40 x 25 iterations on batches of 8, twice per arm with seeds SEED and SEED+1) is meant to
-finish inside 120 minutes on 2 idle CPU cores (README: the measured time); ``full`` (nnU-Net's own plans trained
+on the CPU-lean plans, 80 x 25 iterations on batches of 8, one seed; ``--seeds 2`` trains every arm twice) is meant
+to finish inside 120 minutes on 2 idle CPU cores (README: the measured time); ``full`` (nnU-Net's own plans trained
 longer, the original's synthesis settings, every mask) is meant for a GPU.
 ``--retrain`` trains the model zoo again (scripts/train_zoo.py) into <out>/zoo and uses it. Stages are resumable:
 run the same command again after an interruption. Writes benchmark.md (table), benchmark.json (every number and
@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/benchmark_downstream")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=None,
-                        help="nnU-Net trainings per arm, seeds SEED, SEED+1, ... (default: the budget's)")
+                        help="nnU-Net trainings per arm, seeds SEED, SEED+1, ... (default: 1); the table shows the "
+                             "mean and the min-max range")
     parser.add_argument("--zoo", default="zoo/phantom", help="model zoo folder (ignored with --retrain)")
     parser.add_argument("--retrain", action="store_true", help="train the model zoo again first")
     parser.add_argument("--pairs", nargs="*", metavar="SOURCE:TARGET", help="only these pairs (default: all)")
