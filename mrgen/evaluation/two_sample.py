@@ -3,11 +3,13 @@
 Both sets are balanced (the larger one is subsampled, seeded), each slice is min-max scaled to [0, 1] (so the
 test looks at anatomy, texture and contrast, not at a global intensity scale that any export would change),
 and a small CNN is trained in ``folds``-fold cross-validation; the result is the ROC AUC of each held-out fold,
-averaged over the folds. Slices of one patient are alike (neighbouring slices, one body, one bias field), so folds are made of
-whole groups (patients, or a synthetic slice's source patient) when groups are given: otherwise the classifier
-learns to recognise patients and two sets of real slices from different patients score far above 0.5. 0.5 means the classifier cannot tell the sets apart; 1.0 that it separates them perfectly.
-Calibrate with real-vs-real (two patient groups of the same modality: the floor) and source-vs-target real
-slices (the ceiling). Seeded and a few seconds per test on a CPU.
+averaged over the folds. 0.5 means the classifier cannot tell the sets apart; 1.0 that it separates them perfectly.
+
+Slices of one patient are alike (neighbouring slices, one body, one bias field), so folds are made of whole groups
+(patients, or a synthetic slice's source patient) when groups are given: otherwise the classifier learns to
+recognise patients, and two sets of real slices from different patients scored 0.81 instead of about 0.5.
+Calibrate with real-vs-real (two patient groups of the same modality: the floor) and source-vs-target real slices
+(the ceiling). Seeded; about ten seconds per test on two CPU cores.
 """
 
 from __future__ import annotations
