@@ -184,9 +184,13 @@ def test_organ_attention_stage_self_trains_only_cross_attention_and_resumes(toy_
     assert checkpoints.list_checkpoints(tmp_path / "checkpoints")[-1].name == "checkpoint-3"
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
+    fewer = organ_attention_config(tmp_path, toy_data, unet_pipeline, steps=4, self_samples=2)
+    with pytest.raises(checkpoints.ResumeError, match="organ_attention.self_samples: 3 in the checkpoint, 2 now"):
+        train_organ_attention(fewer, resume="latest")  # refused before any work
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
     with pytest.raises(ValueError, match="holds other masks"):  # a changed sample count never mixes two runs
-        train_organ_attention(organ_attention_config(tmp_path, toy_data, unet_pipeline, steps=4, self_samples=2),
-                              resume="latest")
+        train_organ_attention(fewer)
 
 
 def test_controlnet_self_training_adds_segmented_target_pairs(toy_data, unet_pipeline: Path, organ_attention_run: Path,
