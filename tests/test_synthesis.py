@@ -103,6 +103,19 @@ def test_changed_arguments_are_refused_and_refilter_reselects(options):
     assert strict["accepted"] == 0 and strict["candidates"] == 12
 
 
+def test_a_run_that_failed_before_its_first_sample_can_be_rerun_with_other_settings(options, monkeypatch):
+    import mrgen.synthesis.run as run
+
+    def broken_models(*args, **kwargs):
+        raise RuntimeError("weights failed to load")
+
+    monkeypatch.setattr(run, "make_sampler", broken_models)
+    with pytest.raises(RuntimeError, match="weights failed to load"):
+        synthesize(options(guidance_scale=3.0))
+    monkeypatch.undo()
+    assert synthesize(options())["candidates"] == 12  # its run_config.json, with no sample behind it, is replaced
+
+
 def test_early_stop_generates_less(options):
     summary = synthesize(options(early_stop=True))
     assert summary["candidates"] == 6  # the first batch of 2 already passes (thresholds 0)

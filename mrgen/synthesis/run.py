@@ -159,6 +159,10 @@ def check_resumable(layout: RunLayout, run_config: dict[str, Any]) -> None:
     """Refuse to continue a run whose samples would not be compatible with the new arguments."""
     if not layout.run_config.is_file():
         return
+    if not manifest.read_all(layout.manifest_dir.glob("*.jsonl")):
+        # no sample was made under the old settings (say, the models failed to load): nothing to be compatible with
+        log.info("%s holds no samples yet; its run_config.json is replaced", layout.root)
+        return
     previous = json.loads(layout.run_config.read_text())
     changed = sorted(k for k in set(previous) | set(run_config)
                      if k not in RESUMABLE_DIFFERENCES and previous.get(k) != run_config.get(k))
