@@ -20,6 +20,11 @@ SEGMENTATION = REPO / "Segmentation"
 LABELS = "CHAOSMR"
 
 
+def run_name(seed: int, run: str | None) -> str:
+    """A training run's results folder name: ``run`` if given, else ``seed<seed>``."""
+    return run or f"seed{seed}"
+
+
 class NnUNetWork:
     """One nnU-Net folder tree (raw, preprocessed, results) under ``root``, with logs in ``root/logs``.
 
@@ -39,7 +44,7 @@ class NnUNetWork:
                    "MRGEN_NNUNET_VAL_ITERATIONS": str(self.settings.val_iterations), "MRGEN_NNUNET_SEED": str(seed),
                    "MRGEN_NNUNET_BATCH_SIZE": str(self.settings.batch_size),
                    "MRGEN_NNUNET_FINAL_VALIDATION": "0"}
-        paths = replace(self.paths, results=self.paths.results / (run or f"seed{seed}"))
+        paths = replace(self.paths, results=self.paths.results / run_name(seed, run))
         return {**lean_environment(paths, step, threads=self.threads), **trainer, "HF_HUB_OFFLINE": "1"}
 
     def dataset(self, dataset_id: int, name: str) -> Path:
@@ -66,10 +71,10 @@ class NnUNetWork:
     def train(self, dataset_id: int, name: str, seed: int = 0, run: str | None = None) -> None:
         """Train a planned dataset; a killed training continues from its latest checkpoint."""
         command = train_command(dataset_id, plans=self.settings.plans)
-        results = self.paths.results / (run or f"seed{seed}")
+        results = self.paths.results / run_name(seed, run)
         if any(results.glob(f"{dataset_folder_name(dataset_id, name)}/*/fold_all/checkpoint_latest.pth")):
             command.append("--c")
-        run_command(command, self.env("train", seed, run), self.logs / f"train_{name}_{run or f'seed{seed}'}.log")
+        run_command(command, self.env("train", seed, run), self.logs / f"train_{name}_{run_name(seed, run)}.log")
 
     def plan_and_train(self, dataset_id: int, name: str, seed: int = 0) -> None:
         self.plan(dataset_id, name)
@@ -79,7 +84,7 @@ class NnUNetWork:
                 run: str | None = None) -> Path:
         """nnU-Net's prediction of every ``*_0000.png`` in ``images`` by the model ``train`` made."""
         run_command(predict_command(images, predictions, dataset_id, plans=self.settings.plans),
-                    self.env("predict", seed, run), self.logs / f"predict_{name}_{run or f'seed{seed}'}.log")
+                    self.env("predict", seed, run), self.logs / f"predict_{name}_{run_name(seed, run)}.log")
         return predictions
 
     def predict_and_evaluate(self, dataset_id: int, name: str, test_dataset: Path, out: Path, seed: int = 0,
@@ -89,7 +94,7 @@ class NnUNetWork:
         run_command([sys.executable, str(SEGMENTATION / "evaluate_nib.py"), "--nnunet_name", test_dataset.name,
                      "--seg_dir", str(predictions), "--target_dataset", LABELS, "--source_dataset", LABELS,
                      "--out", str(evaluation), "--no_nifti"], {**self.env("predict", seed, run), "nnUNet_raw": str(self.paths.raw)},
-                    self.logs / f"evaluate_{name}_{run or f'seed{seed}'}.log")
+                    self.logs / f"evaluate_{name}_{run_name(seed, run)}.log")
         return json.loads((evaluation / "summary.json").read_text())
 
 
