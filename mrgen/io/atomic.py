@@ -9,8 +9,25 @@ import contextlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+
+TEMP_MARK = ".tmp"  # atomic_path's temporaries: ".<name>.<random>.tmp<suffix>" beside their target
+
+
+def remove_stale_temporaries(folder: str | os.PathLike, min_age_s: float = 600.0) -> int:
+    """Delete the temporaries that writers killed mid-write left under ``folder``; the number removed.
+
+    Only those untouched for ``min_age_s``: a live write takes milliseconds, and another job (a cluster part) may
+    be writing into the same folder right now."""
+    cutoff = time.time() - min_age_s
+    stale = [p for p in Path(folder).rglob(f".*{TEMP_MARK}*")
+             if p.name.startswith(".") and p.is_file() and p.stat().st_mtime < cutoff]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
 
 
 def _current_umask() -> int:
@@ -30,7 +47,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     path.parent.mkdir(parents=True, exist_ok=True)
     if suffix is None:
         suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{TEMP_MARK}{suffix}", dir=path.parent)
     os.fchmod(fd, 0o666 & ~_current_umask())  # mkstemp makes 0600 files; the result gets an ordinary file's mode
     os.close(fd)
     tmp_path = Path(tmp)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from mrgen.io.atomic import atomic_write_json
+from mrgen.io.atomic import atomic_write_json, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 class StageRunner:
     def __init__(self, out: Path, names: Sequence[str]):
         self.folder = out / "stages"
+        if self.folder.is_dir():
+            remove_stale_temporaries(self.folder)  # markers half-written by a killed run
         self.names = list(names)
         self.results: dict[str, dict[str, Any]] = {}
         self._inner_seconds: list[float] = []  # per running stage, the time spent in stages run inside it

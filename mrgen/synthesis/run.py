@@ -27,7 +27,7 @@ from mrgen.data.modalities import ModalityRegistry, load_registry, modality_key,
 from mrgen.data.preprocess import signed_to_uint8
 from mrgen.filtering.base import FilterScores, QualityFilter
 from mrgen.filtering.selection import SelectionRule, Thresholds
-from mrgen.io.atomic import atomic_write_json
+from mrgen.io.atomic import atomic_write_json, remove_stale_temporaries
 from mrgen.io.images import write_gray, write_rgb
 from mrgen.synthesis import manifest
 from mrgen.synthesis.finalize import write_outputs
@@ -450,6 +450,8 @@ def synthesize(options: SynthesisOptions) -> dict[str, Any]:
             raise FileNotFoundError(f"--refilter: {layout.run_config} does not exist; run the synthesis first")
         return finalize(options, layout)
     processes = process_count(options.num_gpus)
+    if layout.root.is_dir() and (removed := remove_stale_temporaries(layout.root)):
+        log.info("%s: removed %d half-written file(s) left by an interrupted run", layout.root, removed)
     prepare_run(options, pair, processes)
     if processes == 1:
         _work(0, options, 1)
