@@ -8,6 +8,7 @@ that ``latest`` would pick.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 import logging
 import os
@@ -376,6 +377,12 @@ def test_resume_equals_a_straight_run(toy_data, vae_pipeline: Path, tmp_path: Pa
         train_unet(changed, resume="latest")
     with pytest.raises(checkpoints.ResumeError, match="no such checkpoint folder"):
         train_unet(resumed, resume=str(tmp_path / "nowhere"))
+    # a checkpoint whose pickles hold anything but tensors and plain data is refused before accelerate unpickles it
+    checkpoints.check_safe_to_unpickle(tmp_path / "resumed" / "checkpoints" / "checkpoint-4")
+    torch.save({"step": 4, "made": datetime.date(2026, 12, 6)}, tmp_path / "resumed" / "checkpoints" / "checkpoint-4" /
+               "custom_checkpoint_1.pkl")
+    with pytest.raises(checkpoints.ResumeError, match="custom_checkpoint_1.pkl holds more than tensors"):
+        train_unet(resumed, resume="latest")
     checkpoints.check_resume_config(tmp_path / "resumed" / "checkpoints" / "checkpoint-4",
                                     to_dict(unet_config(tmp_path / "resumed", toy_data, vae_pipeline,
                                                         **{**settings, "max_train_steps": 6})))

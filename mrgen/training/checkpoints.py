@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+import torch
 import yaml
 
 log = logging.getLogger(__name__)
@@ -97,6 +98,27 @@ def check_resume_config(checkpoint: Path, config: Mapping[str, Any]) -> None:
         raise ResumeError(
             f"--resume {checkpoint}: the config differs from the checkpoint's in settings its restored state would "
             f"override ({differences}). Put those settings back, or train into a new output_dir without --resume")
+
+
+def _rng_state_globals() -> list[Any]:
+    """What a NumPy RNG state (in accelerate's random_states_*.pkl) needs beyond tensors and plain data."""
+    import numpy as np
+
+    reconstruct = np.zeros(1).__reduce__()[0]  # how NumPy pickles an array (numpy._core.multiarray._reconstruct)
+    return [reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+def check_safe_to_unpickle(checkpoint: Path) -> None:
+    """accelerate's ``load_state`` unpickles ``*.pkl``/``*.bin`` with ``weights_only=False``, so a checkpoint folder from
+    elsewhere could run code. Each file must first load with ``weights_only=True`` (tensors, plain data and NumPy
+    RNG arrays only); then the unrestricted load that follows can build nothing else."""
+    for path in sorted(Path(checkpoint).glob("*.pkl")) + sorted(Path(checkpoint).glob("*.bin")):
+        try:
+            with torch.serialization.safe_globals(_rng_state_globals()):
+                torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises UnpicklingError, RuntimeError, ... for what it will not load
+            raise ResumeError(f"--resume: {path} holds more than tensors and plain data ({str(err)[:200]}); refusing "
+                              f"to unpickle it, since it could run code. Resume only from checkpoints you made") from None
 
 
 def remove_incomplete(root: str | os.PathLike) -> None:

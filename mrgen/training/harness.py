@@ -120,6 +120,7 @@ def run_training(config: VAEConfig | UNetConfig | PairStageConfig, make_stage: S
     resume_from = checkpoints.resolve_resume(resume, output_dir / CHECKPOINT_DIR)  # a bad path fails before any work
     if resume_from is not None:
         checkpoints.check_resume_config(resume_from, to_dict(config))
+        checkpoints.check_safe_to_unpickle(resume_from)
     accelerator = _make_accelerator(train, output_dir)
     set_seed(config.seed, device_specific=True)
     if accelerator.is_main_process:
