@@ -6,7 +6,7 @@
     nnUNetv2_predict -i ... -o ... -d 601 -c 2d -f all -p nnUNetPlans_CPULean -tr nnUNetTrainer_MRGenShort -device cpu
 
 The lean plans keep nnU-Net's preprocessing (the preprocessed data are shared) and shrink the 2D network to at most
-4 stages with 16-128 features (mrgen/nnunet/plans.py; measured by scripts/bench_nnunet.py). nnU-Net finds
+4 stages with features capped at 256 (mrgen/nnunet/plans.py; measured by scripts/bench_nnunet.py). nnU-Net finds
 planners only inside its own package, so this is a plans file, nnU-Net's documented way to change the network.
 """
 

@@ -62,9 +62,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(error))
     config = with_budget(config, args.budget)
     if args.seeds is not None:
-        if args.seeds < 1:
-            parser.error("--seeds must be at least 1")
-        config = replace(config, seeds=args.seeds)
+        try:
+            config = replace(config, seeds=args.seeds)
+        except ValueError as error:  # BenchmarkConfig checks the count
+            parser.error(str(error))
     config = with_zoo(config, retrain_zoo(args.out) if args.retrain else args.zoo)
     print(run_benchmark(config))
 

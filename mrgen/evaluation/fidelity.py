@@ -16,14 +16,11 @@ from typing import Sequence
 
 import numpy as np
 
+from mrgen.evaluation.seg_metrics import dice
+from mrgen.filtering.base import present
 from mrgen.filtering.mask_following import derangement
 
 OrganMasks = Sequence[np.ndarray | None]  # per organ, a (H, W) bool mask or None where the slice lacks it
-
-
-def dice(prediction: np.ndarray, mask: np.ndarray) -> float:
-    total = int(prediction.sum()) + int(mask.sum())
-    return 2.0 * int(np.logical_and(prediction, mask).sum()) / total if total else 1.0
 
 
 def organ_dice(predictions: Sequence[np.ndarray], masks: Sequence[OrganMasks], labels: Sequence[int],
@@ -35,8 +32,8 @@ def organ_dice(predictions: Sequence[np.ndarray], masks: Sequence[OrganMasks], l
     per_organ: dict[str, list[float]] = {name: [] for name in organ_names}
     for prediction, organ_masks in zip(predictions, masks):
         for name, label, mask in zip(organ_names, labels, organ_masks):
-            if mask is not None and mask.any():
-                per_organ[name].append(dice(prediction == label, mask))
+            if present(mask):
+                per_organ[name].append(dice(mask, prediction == label))
     table = {name: _summary(values) for name, values in per_organ.items() if values}
     table["all"] = _summary([v for values in per_organ.values() for v in values])
     return table

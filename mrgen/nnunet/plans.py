@@ -13,11 +13,11 @@ unchanged, so the preprocessed data are shared) and a smaller network in every 2
 
 So it is the stock network without its deepest, widest stage (on 64 x 64 slices a 4 x 4 map with 512 features),
 which costs time on a CPU without helping here. Measured on a validation draw (``scripts/bench_nnunet.py``, docs/segmentation.md 4.3):
-about 1.6 times faster per iteration and a higher Dice at the same iteration count; a narrower variant (16 ... 128)
+about 1.5 times faster per iteration and a higher Dice at the same iteration count; a narrower variant (16 ... 128)
 was 2.7 times faster per iteration but learned no kidney in 2,000 iterations.
 
 The trainer and the patch size are unchanged; the batch size is set by the trainer
-(``MRGEN_NNUNET_BATCH_SIZE``). ``scripts/bench_nnunet.py`` measures it against the stock plans.
+(``MRGEN_NNUNET_BATCH_SIZE``).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ def lean_plans(stock: dict[str, Any]) -> dict[str, Any]:
     """The stock plans with every 2D configuration's network made CPU-sized (see the module docstring)."""
     plans = copy.deepcopy(stock)
     plans["plans_name"] = LEAN_PLANS
-    for name, configuration in plans.get("configurations", {}).items():
+    for configuration in plans.get("configurations", {}).values():
         architecture = configuration.get("architecture", {}).get("arch_kwargs")
         if architecture is None or len(configuration.get("patch_size", [])) != 2:
             continue  # 3D configurations and those inheriting from another keep the stock network

@@ -52,10 +52,9 @@ CONDITIONS = {
 }
 # organ attention alone is superseded by the ControlNet self-trained on its samples; run it with --conditions
 DEFAULT_CONDITIONS = [key for key in CONDITIONS if key != "c_organ_attention"]
-# the synthetic arms: (synthesis run, which of its candidates the arm trains on)
-SYNTHETIC_ARMS = {"c": ("main", "accepted"), "c_organ_attention": ("organ_attention", "accepted"),
-                  "c_self_trained": ("self_trained", "accepted"), "d_unfiltered": ("main", "all"),
-                  "d_no_target": ("no_target", "accepted")}
+# the synthetic arms and the synthesis run each trains on
+SYNTHETIC_ARMS = {"c": "main", "c_organ_attention": "organ_attention", "c_self_trained": "self_trained",
+                  "d_unfiltered": "main", "d_no_target": "no_target"}
 UPPER_BOUND = "e"
 
 
@@ -180,7 +179,7 @@ class PairBenchmark:
         for key, make in self.training_sets().items():
             results[key] = None if make is None or key not in self.config.conditions else self.arm(key, make, test_dataset)
         measures = self.runner.run(self.stage("measures"), lambda: self.synthetic_measures(results, test_dataset))
-        for key, (role, _) in SYNTHETIC_ARMS.items():
+        for key, role in SYNTHETIC_ARMS.items():
             if results.get(key) is not None and role in measures["runs"]:
                 results[key] = {**results[key], **measures["runs"][role]}
         return results, measures
@@ -210,7 +209,11 @@ class PairBenchmark:
 
     def train_and_evaluate(self, dataset_id: int, name: str, test_dataset: Path, seed: int) -> dict[str, Any]:
         self.work.train(dataset_id, name, seed)
-        return self.work.predict_and_evaluate(dataset_id, name, test_dataset, self.out / name / f"seed{seed}", seed)
+        return self.work.predict_and_evaluate(dataset_id, name, test_dataset, self.arm_output(name, seed), seed)
+
+    def arm_output(self, name: str, seed: int) -> Path:
+        """Where an arm's nnU-Net trained with ``seed`` writes its test predictions and evaluation."""
+        return self.out / name / f"seed{seed}"
 
     def synthetic_measures(self, results: dict[str, Any], test_dataset: Path) -> dict[str, Any]:
         """Fidelity (with the first seed's D_t nnU-Net) and realism of every synthesis run an arm trained on."""
@@ -220,9 +223,9 @@ class PairBenchmark:
         if upper is not None and "skipped" not in upper:
             name = f"Train_{UPPER_BOUND}"
             reference = ReferenceSegmenter(self.work, self.base_id + CONDITIONS[UPPER_BOUND][1], name, seed, test_dataset,
-                                           self.out / name / f"seed{seed}" / "predictions")
+                                           self.arm_output(name, seed) / "predictions")
         runs = {role: self.out / f"synthesis_{role}"
-                for role in sorted({role for key, (role, _) in SYNTHETIC_ARMS.items() if results.get(key) is not None})}
+                for role in sorted({role for key, role in SYNTHETIC_ARMS.items() if results.get(key) is not None})}
         return measure_synthesis_runs(runs, self.data, self.pair.source, self.pair.target, reference,
                                       self.out / "fidelity", seed)
 

@@ -42,7 +42,7 @@ class BudgetConfig:
 def run_budget_sweep(config: BudgetConfig) -> Path:
     out = Path(config.out)
     runs = [(plans, epochs) for plans in config.plans for epochs in config.epochs]
-    runner = StageRunner(out, ["dataset", "export", *[run_name(p, e) for p, e in runs]])
+    runner = StageRunner(out, ["dataset", "export", *[budget_name(p, e) for p, e in runs]])
     data = out / "data"
     runner.run("dataset", lambda: make_dataset(config.dataset, [config.target], data))
     work = NnUNetWork(out / "nnunet", config.segmentation)
@@ -58,7 +58,7 @@ def run_budget_sweep(config: BudgetConfig) -> Path:
     test = Path(runner.run("export", export)["test"])
     results = []
     for plans, epochs in runs:
-        name = run_name(plans, epochs)
+        name = budget_name(plans, epochs)
         settings = replace(config.segmentation, plans=plans, epochs=epochs)
         budget_work = NnUNetWork(out / "nnunet", settings)
 
@@ -73,7 +73,7 @@ def run_budget_sweep(config: BudgetConfig) -> Path:
     return write_budget_outputs(out, config, results)
 
 
-def run_name(plans: str, epochs: int) -> str:
+def budget_name(plans: str, epochs: int) -> str:
     return f"{plans}_e{epochs}"
 
 
@@ -132,7 +132,8 @@ def write_budget_chart(path: Path, rows: list[dict[str, Any]], plans_order: list
         ax.plot(x, [100 * (r["dice"] or 0) for r in mine], "k-o", lw=2, label="mean")
         for organ in ORGANS:
             ax.plot(x, [100 * (r["organs"][organ] or 0) for r in mine], "--.", label=organ)
-        ms = statistics.median([r["ms_per_iteration"] for r in mine]) if mine else 0.0
+        timed = [r["ms_per_iteration"] for r in mine if r["ms_per_iteration"] is not None]
+        ms = statistics.median(timed) if timed else 0.0
         ax.set_title(f"{plans} ({ms:.0f} ms / iteration, median)", fontsize=9)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("training iterations")

@@ -24,8 +24,7 @@ from mrgen.evaluation.two_sample import classifier_two_sample_test
 from mrgen.io.images import read_gray
 from mrgen.pipeline.segmentation import NnUNetWork, number_cell
 from mrgen.synthesis import manifest
-
-MERGED_MANIFEST = "manifest.jsonl"  # mrgen.synthesis.outputs.RunLayout.merged_manifest
+from mrgen.synthesis.outputs import MERGED_MANIFEST
 
 Slices = tuple[np.ndarray, list[str]]  # (N, H, W) uint8 images and each one's patient
 
@@ -65,21 +64,19 @@ def segmentation_fidelity(records: Sequence[dict[str, Any]], predictions: Sequen
             continue
         names = list(chosen[0][0]["label"])
         masks = [[read_gray(path) > 127 for path in r["mask_paths"]] for r, _ in chosen]
-        result[subset] = {**fidelity_with_floor([p for _, p in chosen], masks, [labels[n] for n in names], names, seed),
-                          "candidates": len(chosen)}
+        result[subset] = fidelity_with_floor([p for _, p in chosen], masks, [labels[n] for n in names], names, seed)
     return result
 
 
 def real_fidelity_ceiling(test_dataset: Path, predictions: Path, labels: dict[str, int]) -> dict[str, Any]:
     """The segmenter on real held-out target slices against their own labels (nnU-Net's test-set layout)."""
-    names = list(labels)
+    names, values = list(labels), list(labels.values())
     label_files = sorted((Path(test_dataset) / "labelsTs").glob("*.png"))
     if not label_files:
         raise FileNotFoundError(f"{test_dataset}/labelsTs holds no PNG label slices")
-    truth = [read_gray(path) for path in label_files]
+    masks = [label_masks(read_gray(path), values) for path in label_files]
     predicted = [read_gray(Path(predictions) / path.name) for path in label_files]
-    masks = [label_masks(t, [labels[n] for n in names]) for t in truth]
-    return organ_dice(predicted, masks, [labels[n] for n in names], names)
+    return organ_dice(predicted, masks, values, names)
 
 
 def real_slices(index_path: Path) -> Slices:
@@ -147,7 +144,9 @@ def measure_synthesis_runs(runs: dict[str, Path], data: Path, source: str, targe
     measured = {}
     for name, folder in runs.items():
         records = candidate_records(folder)
-        measured[name] = {"realism": realism(records, real_target, seed)}
+        accepted = sum(bool(r.get("accepted")) for r in records)
+        measured[name] = {"candidates": {"accepted": accepted, "rejected": len(records) - accepted},
+                          "realism": realism(records, real_target, seed)}
         if reference is not None and records:
             inputs = candidate_inputs(records, out / name / "images")
             predictions = reference.work.predict(inputs, out / name / "predictions", reference.dataset_id,
@@ -171,8 +170,7 @@ def measures_table(measures: dict[str, Any], titles: dict[str, str] | None = Non
     for name, run in runs.items():
         for subset in ("accepted", "rejected"):
             fidelity = (run.get("fidelity") or {}).get(subset)
-            count = fidelity["candidates"] if fidelity else run["realism"][subset]["per_set"]
-            lines.append(f"| {(titles or {}).get(name, name)}: {subset} | {count} | "
+            lines.append(f"| {(titles or {}).get(name, name)}: {subset} | {run['candidates'][subset]} | "
                          + " | ".join(_fidelity_cell(fidelity, o) for o in organs)
                          + f" | {number_cell(run['realism'][subset]['auc'], '.2f')} |")
     if fidelity_ref:

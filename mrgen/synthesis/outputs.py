@@ -17,6 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+MERGED_MANIFEST = "manifest.jsonl"  # every candidate with its selection decision, written by the final step
+
+
 @dataclass(frozen=True)
 class RunLayout:
     root: Path
@@ -42,7 +45,7 @@ class RunLayout:
 
     @property
     def merged_manifest(self) -> Path:
-        return self.root / "manifest.jsonl"
+        return self.root / MERGED_MANIFEST
 
     @property
     def all_json(self) -> Path:

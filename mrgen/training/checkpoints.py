@@ -18,6 +18,8 @@ from typing import Any, Callable, Mapping
 import torch
 import yaml
 
+from mrgen.config import flatten
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -72,16 +74,6 @@ CHANGEABLE_ON_RESUME = {"name", "output_dir", "train.max_train_steps", "train.ch
                         "train.dataloader_num_workers", "train.num_threads"}
 
 
-def _flat(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            flat.update(_flat(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def check_resume_config(checkpoint: Path, config: Mapping[str, Any]) -> None:
     """Refuse to resume ``checkpoint`` with a config that differs from its own outside ``CHANGEABLE_ON_RESUME``
     and ``validation.*``: the restored optimizer, scheduler and data order would silently keep the old values."""
@@ -90,7 +82,8 @@ def check_resume_config(checkpoint: Path, config: Mapping[str, Any]) -> None:
         log.warning("%s holds no %s (an older checkpoint): cannot check that the config is unchanged", checkpoint,
                     CONFIG_FILE)
         return
-    saved, current = _flat(yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}), _flat(config)
+    saved = flatten(yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {})
+    current = flatten(yaml.safe_load(yaml.safe_dump(dict(config))))  # the same YAML round trip (tuples -> lists)
     changed = sorted(k for k in saved.keys() | current.keys() if saved.get(k) != current.get(k)
                      and k not in CHANGEABLE_ON_RESUME and not k.startswith("validation."))
     if changed:

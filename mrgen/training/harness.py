@@ -37,7 +37,8 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from mrgen.config import PairStageConfig, StageConfig, TrainSection, UNetConfig, VAEConfig, dump_yaml, to_dict
+from mrgen.config import (PairStageConfig, StageConfig, TrainSection, UNetConfig, VAEConfig, dump_yaml, flatten,
+                          to_dict)
 from mrgen.io.atomic import atomic_write_text
 from mrgen.models.builders import load_pretrained
 from mrgen.training import checkpoints
@@ -376,15 +377,6 @@ class _Loop:
         return destination
 
 
-def _flat_hparams(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def _flat_hparams(data: dict[str, Any]) -> dict[str, Any]:
     """Nested config -> flat scalars, as tensorboard's hyper-parameter table needs."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flat_hparams(value, f"{name}."))
-        elif isinstance(value, (int, float, str, bool)):
-            flat[name] = value
-        else:
-            flat[name] = str(value)
-    return flat
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flatten(data).items()}
