@@ -12,7 +12,7 @@ import pytest
 from mrgen.config import load_config
 from mrgen.pipeline.config import PipelineConfig
 from mrgen.pipeline.demo import run_pipeline
-from mrgen.pipeline.report import figure_records
+from mrgen.pipeline.report import figure_records, masks_by_acceptance
 
 REPO = Path(__file__).resolve().parents[1]
 MINIATURE = ["synthesis.max_masks=4", "synthesis.max_tries_per_mask=2", "synthesis.num_images_per_prompt=2",
@@ -153,6 +153,13 @@ def test_synthetic_figure_shows_accepted_samples_first_then_one_rejected_per_oth
     records = [{"mask_index": m, "try": t, "accepted": (m, t) == (2, 1)} for m in range(3) for t in range(3)]
     shown = [(r["mask_index"], r["try"]) for r in figure_records(records)]
     assert shown == [(2, 1), (0, 0), (1, 0)]
+
+
+def test_overview_figure_rows_are_the_masks_with_most_accepted_candidates_accepted_first():
+    accepted = {(1, 2), (2, 0), (2, 2)}
+    records = [{"mask_index": m, "try": t, "accepted": (m, t) in accepted} for m in range(3) for t in range(3)]
+    rows = [[(r["mask_index"], r["try"]) for r in group] for group in masks_by_acceptance(records, masks=2)]
+    assert rows == [[(2, 0), (2, 2), (2, 1)], [(1, 2), (1, 0), (1, 1)]]
 
 
 def test_organ_attention_conditioning_takes_its_pipeline_folder_and_no_controlnet(organ_attention_pipeline, tmp_path):

@@ -53,6 +53,36 @@ def synthetic_figure(out: Path, records: list[dict[str, Any]]) -> Path | None:
     return path
 
 
+def masks_by_acceptance(records: list[dict[str, Any]], masks: int) -> list[list[dict[str, Any]]]:
+    """Each mask's candidates, accepted ones first, for the ``masks`` masks with the most accepted candidates
+    (ties: the mask seen first)."""
+    grouped: dict[int, list[dict[str, Any]]] = {}
+    for r in records:
+        grouped.setdefault(r["mask_index"], []).append(r)
+    ordered = sorted(grouped.values(), key=lambda group: -sum(r["accepted"] for r in group))
+    return [sorted(group, key=lambda r: not r["accepted"]) for group in ordered[:masks]]
+
+
+def mask_candidates_figure(records: list[dict[str, Any]], path: Path, masks: int = 4, per_mask: int = 4) -> Path:
+    """One row per source mask: the real source slice with its mask, ``per_mask`` synthetic target slices drawn
+    from that mask (accepted ones first), and the first of them with the mask over it."""
+    groups = masks_by_acceptance(records, masks)
+    if not groups:
+        raise ValueError("no candidates to show: the synthesis run has no manifest records")
+    rows, labels = [], []
+    for group in groups:
+        shown = group[:per_mask]
+        condition = [read_gray(p) > 127 for p in shown[0]["mask_paths"]]
+        images = [read_gray(r["image_path"]) for r in shown]
+        source = read_gray(shown[0]["source"]["image_path"])
+        source_cell = overlay(source, condition) if source.shape == images[0].shape else source
+        rows.append([source_cell, *images, *[None] * (per_mask - len(images)), overlay(images[0], condition)])
+        labels.append(f"{sum(r['accepted'] for r in group)} of {len(group)} accepted")
+    titles = ["real source + mask", *[f"synthetic {k + 1}" for k in range(per_mask)], "synthetic 1 + mask"]
+    save_grid(rows, path, titles=titles, row_labels=labels)
+    return path
+
+
 def _stage_table(results: dict[str, dict[str, Any]]) -> str:
     lines = ["| stage | time (s) |", "|---|---|"]
     lines += [f"| {name} | {result['seconds']:.1f} |" for name, result in results.items()]
