@@ -1,9 +1,9 @@
 """Synthesise target-modality image/mask pairs from source masks and keep those the quality filter accepts.
 
-    python synthesize_filter_multi.py --config training_configs/controlnet/<pair>.yml \
+    python synthesize_filter_multi.py [--config training_configs/controlnet/<pair>.yml] \\
         --ckpt <pipeline folder> --log_dir <output folder> [--modality T2-SPIR] [options]
 
-The flags and defaults of the original come first; see README.md ("Synthesis") for the rest.
+The flags and defaults of the original come first; docs/synthesis.md explains the rest.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 
+from mrgen.config import ORIGINAL_PAIR_CONFIG
 from mrgen.synthesis.run import SynthesisOptions, synthesize
 
 
@@ -19,7 +20,9 @@ def parse_args(argv: list[str] | None = None) -> SynthesisOptions:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", required=True, help="pipeline folder with vae/, unet/, scheduler/ and controlnet/ (ours or the released MRGen layout) or organ_attention/ (train_organ_attention.py)")
     p.add_argument("--log_dir", required=True, help="output folder (created; a run there resumes)")
-    p.add_argument("--config", required=True, help="the pair's ControlNet or organ-attention config (training_configs/controlnet/<pair>.yml)")
+    p.add_argument("--config", default=ORIGINAL_PAIR_CONFIG,
+                   help=f"the pair's ControlNet or organ-attention config (default: {ORIGINAL_PAIR_CONFIG}, the pair of "
+                        "the original's synthesize_CHAOS_filter_multi.py)")
     p.add_argument("--modality", default=None, help="target modality: registry key or short name (T2-SPIR, T1-InPhase, ...); default: the pair's target")
     p.add_argument("--controlnet", default=None, help="ControlNet folder if not <ckpt>/controlnet (e.g. controlnet_model_zoo/<pair>)")
     p.add_argument("--channels", type=int, default=1, help="condition channels: 1 = intensity-coded mask, K = one-hot (must match the pair config)")

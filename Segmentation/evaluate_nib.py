@@ -5,7 +5,7 @@ The predictions (<case>_s<k>.png or .nii.gz, e.g. from nnUNetv2_predict on image
 orientation restored, the original affine), then compared with the ground truth using the real spacing.
 Writes per_case.csv, summary.json and NIfTI volumes (gt, pred, image) under --out, and prints a table.
 Example:
-    python Segmentation/evaluate_nib.py --nnunet_name Dataset002_Phantom_T2_Real --seg_dir labelsPred \
+    python Segmentation/evaluate_nib.py --nnunet_name Dataset002_Phantom_T2_Real --seg_dir labelsPred \\
         --target_dataset CHAOSMR --source_dataset CHAOSMR
 See docs/segmentation.md for the metric definitions and conventions.
 """

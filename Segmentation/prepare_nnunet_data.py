@@ -1,7 +1,7 @@
 """Synthetic (or any conditional) slice JSON -> an nnU-Net v2 raw training dataset.
 
 Example (the original's flags):
-    python Segmentation/prepare_nnunet_data.py --json_file synth/json_files/synthetic_T2-SPIR_filtered.json \
+    python Segmentation/prepare_nnunet_data.py --json_file synth/json_files/synthetic_T2-SPIR_filtered.json \\
         --mask2label CHAOSMR --dataset_id 001 --dataset_name CHAOSMR_T2_Synthetic
 writes $nnUNet_raw/Dataset001_CHAOSMR_T2_Synthetic/{imagesTr,labelsTr,visualizationTr,dataset.json}.
 See docs/segmentation.md.

@@ -4,7 +4,7 @@ Inputs (one of): --jsonl (SAT-style volume list, e.g. our simulated dataset's vo
 --image_dir [--label_dir] (NIfTI pairs), --msd_dir --channel (MSD task), --chaos_root --sequence (CHAOS MR).
 Writes images<Tr|Ts>, labels<Tr|Ts>, geometry<Tr|Ts> (one sidecar per case, used by evaluate_nib.py),
 conditional<Tr|Ts> (a conditional-dataset index of the same slices) and dataset.json. Example:
-    python Segmentation/prepare_real_data.py --jsonl phantom/volumes_T2-SPIR_test.jsonl --split test \
+    python Segmentation/prepare_real_data.py --jsonl phantom/volumes_T2-SPIR_test.jsonl --split test \\
         --dataset_id 2 --dataset_name Phantom_T2_Real --mask2label CHAOSMR
 See docs/segmentation.md.
 """

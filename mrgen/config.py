@@ -29,6 +29,9 @@ from mrgen.data.datasets import PairConfig
 T = TypeVar("T")
 BASE_KEY = "base"
 COMMAND_LINE = "the command line"
+# The original's per-pair scripts (train_controlnet_CHAOS.py, synthesize_CHAOS_filter_multi.py) had this pair built in;
+# ours take it as --config and default to it. Relative to the repository root, as the original's paths were.
+ORIGINAL_PAIR_CONFIG = "training_configs/controlnet/CHAOS-MRI_T1_to_CHAOS-MRI_T2.yml"
 _YAML_BOOL_WORDS = {False: ("no", "off", "false"), True: ("yes", "on", "true")}
 
 

@@ -1,10 +1,10 @@
 """Synthesis cost: the original's settings beside our fast settings, in one run, on the same masks.
 
-    python scripts/bench_synthesis.py --ckpt <pipeline folder> --config training_configs/controlnet/<pair>.yml \
+    python scripts/bench_synthesis.py --ckpt <pipeline folder> --config training_configs/controlnet/<pair>.yml \\
         --out runs/bench_synthesis [--masks 8] [--controlnet <ControlNet folder>]
 
     # with the model zoo, on the end-to-end demo's dataset (its pair config points at it)
-    python scripts/bench_synthesis.py --ckpt zoo/phantom --controlnet zoo/phantom/controlnet_T1-InPhase_to_T2-SPIR \
+    python scripts/bench_synthesis.py --ckpt zoo/phantom --controlnet zoo/phantom/controlnet_T1-InPhase_to_T2-SPIR \\
         --config demo_output/pair.yml --masks 4 --out runs/bench_synthesis
 
 For each setting it runs ``synthesize_filter_multi`` on the first ``--masks`` masks and prints UNet

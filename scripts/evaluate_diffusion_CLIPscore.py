@@ -1,7 +1,7 @@
 """CLIP-I (generated vs original image) and CLIP-T (generated image vs prompt) with a local BiomedCLIP.
 
 Example:
-    python scripts/evaluate_diffusion_CLIPscore.py --results_json runs/generated/results.json \
+    python scripts/evaluate_diffusion_CLIPscore.py --results_json runs/generated/results.json \\
         --clip_dir ~/weights/BiomedCLIP-PubMedBERT_256-vit_base_patch16_224
 --results_json lists entries with image_path (generated), original_path and prompt (the original's
 radiopaedia_synthetic_results JSON); --generated_dir/--real_dir pairs images by file name (CLIP-I only).

@@ -2,8 +2,8 @@
 
 Generate for the test split, then score (the original's setup: DDIM 50 steps, guidance 7, one seeded
 sample per test slice with its own prompt):
-    python scripts/evaluate_diffusion_performance.py --ckpt runs/unet/pipeline \
-        --index data/phantom/image_text_test.json --log_dir runs/fid \
+    python scripts/evaluate_diffusion_performance.py --ckpt runs/unet/pipeline \\
+        --index data/phantom/image_text_test.json --log_dir runs/fid \\
         --inception_weights ~/weights/pt_inception-2015-12-05-6726825d.pth
 Or score two existing folders:
     python scripts/evaluate_diffusion_performance.py --real_dir real_png --generated_dir generated_png

@@ -1,7 +1,7 @@
 """Reconstruction quality (L1, MSE, PSNR, SSIM) of a trained VAE on held-out slices.
 
 Example:
-    python scripts/evaluate_vae_performance.py --vae runs/vae/checkpoint-final/vae \
+    python scripts/evaluate_vae_performance.py --vae runs/vae/checkpoint-final/vae \\
         --index data/phantom/image_text_test.json --split all --size 64 --out vae_results.json
 SSIM uses a 7x7 window; --ssim_window global reproduces the original's near-global window.
 """

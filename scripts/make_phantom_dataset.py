@@ -1,7 +1,7 @@
 """Generate the built-in simulated abdominal MRI dataset (see mrgen.data.phantom).
 
 Example:
-    python scripts/make_phantom_dataset.py --out data/phantom --cases 4 --seed 0 --size 64 \
+    python scripts/make_phantom_dataset.py --out data/phantom --cases 4 --seed 0 --size 64 \\
         --modalities T1-InPhase T1-OutPhase T2-SPIR --slices 24
 """
 

@@ -7,7 +7,7 @@ its own mask and against a shuffled mask (the floor), and writes ``mask_followin
 (source slice with the condition | sample | sample with the mask outlines) and the markdown table.
 
 Example:
-    python scripts/measure_mask_following.py --ckpt runs/phantom/controlnet_T1_to_T2-SPIR/pipeline \
+    python scripts/measure_mask_following.py --ckpt runs/phantom/controlnet_T1_to_T2-SPIR/pipeline \\
         --config training_configs/controlnet/phantom_T1_to_T2-SPIR.yml --masks 60 --out runs/mf/eval
     # the ceiling: real target slices scored against their own masks (no model)
     python scripts/measure_mask_following.py --real --config ... --masks 60 --out runs/mf/ceiling

@@ -464,6 +464,17 @@ def test_cli_reports_config_errors(tmp_path: Path) -> None:
         main("vae", ["--config", str(path), "train.max_steps=3"])
 
 
+def test_stage_scripts_default_to_the_original_configs_as_its_commands_took_none() -> None:
+    from mrgen.config import ControlNetConfig, UNetConfig, VAEConfig, load_config
+    from mrgen.training.cli import parse_args
+
+    for stage, schema in (("vae", VAEConfig), ("unet", UNetConfig), ("controlnet", ControlNetConfig)):
+        config = load_config(REPO / parse_args(stage, []).config, schema)
+        assert config.train.max_train_steps > 10_000, stage  # the paper-size runs, not a demo config
+    with pytest.raises(SystemExit):
+        parse_args("organ_attention", [])  # ours, no original config to fall back to
+
+
 def test_latent_cache_matches_the_vae_posterior(toy_data, tmp_path: Path) -> None:
     vae = build_from_config(TINY, "vae").eval()
     dataset = ImageTextDataset([toy_data["source"]], size=64, split="all", prompt_dropout=0.0)

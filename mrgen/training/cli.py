@@ -7,12 +7,19 @@ import logging
 import sys
 from typing import Callable, Sequence
 
-from mrgen.config import ConfigError, ControlNetConfig, OrganAttentionConfig, UNetConfig, VAEConfig, load_config
+from mrgen.config import ORIGINAL_PAIR_CONFIG, ConfigError, ControlNetConfig, OrganAttentionConfig, UNetConfig, VAEConfig, load_config
 from mrgen.training.checkpoints import ResumeError
 from mrgen.training.controlnet_stage import train_controlnet
 from mrgen.training.organ_attention_stage import train_organ_attention
 from mrgen.training.unet_stage import train_unet
 from mrgen.training.vae_stage import train_vae
+
+# The original's training scripts took no config argument; these are its configs.
+DEFAULT_CONFIGS = {
+    "vae": "training_configs/train_vae_config.yml",
+    "unet": "training_configs/train_unet_config.yml",
+    "controlnet": ORIGINAL_PAIR_CONFIG,
+}
 
 STAGES: dict[str, tuple[type, Callable, str]] = {
     "vae": (VAEConfig, train_vae, "Stage 1: train the 1-channel KL-VAE."),
@@ -28,7 +35,9 @@ def parse_args(stage: str, argv: Sequence[str] | None) -> argparse.Namespace:
         prog=f"train_{stage}.py", description=STAGES[stage][2],
         epilog="Launch with `accelerate launch` for several GPUs. Example overrides: train.max_train_steps=100 "
                "train.learning_rate=1e-4 output_dir=runs/try1")
-    parser.add_argument("--config", required=True, help="the YAML config (training_configs/...)")
+    default = DEFAULT_CONFIGS.get(stage)
+    parser.add_argument("--config", required=default is None, default=default,
+                        help="the YAML config" + (f" (default: {default}, the original's)" if default else ""))
     parser.add_argument("--resume", default=None, metavar="latest|PATH",
                         help="continue from the newest checkpoint in output_dir/checkpoints, or from a given "
                              "checkpoint folder")
