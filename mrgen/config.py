@@ -103,15 +103,8 @@ class VAETrainSection(TrainSection):
 class DiffusionTrainSection(TrainSection):
     prompt_dropout: float = 0.1  # probability of the empty prompt (classifier-free guidance)
     timestep_sampling: Literal["uniform", "cubic"] = "uniform"  # cubic: t = (1 - u^3) T, more high-noise steps
-    snr_gamma: float | None = None  # null: plain epsilon MSE (the original); 5.0: Min-SNR-5 loss weighting
     cache_latents: bool = False  # encode each image once (posterior mean and std), sample from it every step
     latent_cache_dir: str | None = None  # default: <output_dir>/latent_cache
-    # ControlNet stage only. null (the original): the UNet stays frozen. A number: the UNet is trained together with
-    # the ControlNet at this learning rate (its own AdamW group, same schedule, in the EMA), checkpointed, exported
-    unet_learning_rate: float | None = None
-    # ControlNet stage only. 1 (the original): plain MSE. w > 1: latent pixels inside the condition's organs (one latent
-    # pixel of margin) weigh w times the rest, renormalised per sample (mrgen.training.diffusion.organ_weight_map)
-    organ_loss_weight: float = 1.0
 
 
 @dataclass
@@ -158,10 +151,6 @@ class DiffusionModelSection:
     # UNet stage: overrides the scheduler config's prediction type (the original: epsilon). v_prediction weights
     # the high-noise steps, where layout is decided, far more (a deviation; the ControlNet inherits it)
     prediction_type: Literal["epsilon", "v_prediction"] | None = None
-    # ControlNet stage, new ControlNets only: "zero" (the original) zero-initialises the last convolution of the
-    # mask embedding; "default" gives it PyTorch's default init, so the mask reaches the ControlNet's features
-    # from step 0 (its output zero convolutions stay zero, so the UNet's prediction is unchanged at step 0)
-    condition_embedding_init: Literal["zero", "default"] = "zero"
 
 
 @dataclass

@@ -34,7 +34,7 @@ from mrgen.data.datasets import ImageTextDataset, PairConfig
 from mrgen.models import ORGAN_ATTENTION, TextEncoderError, build_from_config, load_pretrained
 from mrgen.training import checkpoints, train_controlnet, train_organ_attention, train_unet, train_vae
 from mrgen.training.cli import main
-from mrgen.training.diffusion import diffusion_loss, organ_weight_map, predicted_x0, training_schedule
+from mrgen.training.diffusion import predicted_x0, training_schedule
 from mrgen.training.latent_cache import CachedLatentDataset, LatentCache
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,31 +217,6 @@ def test_controlnet_self_training_adds_segmented_target_pairs(toy_data, unet_pip
     assert (samples / "examples.png").is_file()
 
 
-def test_condition_embedding_init_default_lets_the_mask_in_from_step_0(toy_data, unet_pipeline: Path,
-                                                                         tmp_path: Path) -> None:
-    model = DiffusionModelSection(config_path=TINY, pretrained_model_path=str(unet_pipeline),
-                                  condition_embedding_init="default")
-    config = ControlNetConfig(name="toy_cn_init", output_dir=str(tmp_path), seed=0, data=toy_pair(toy_data),
-                              model=model, train=diffusion_train(max_train_steps=1), validation=VALIDATION)
-    controlnet = ControlNetModel.from_pretrained(train_controlnet(config) / "controlnet")
-    assert controlnet.controlnet_cond_embedding.conv_out.weight.abs().sum() > 0.1  # not zero-initialised
-    assert DiffusionModelSection().condition_embedding_init == "zero"  # the original stays the default
-
-
-def test_unet_learning_rate_trains_the_unet_beside_the_controlnet(toy_data, unet_pipeline: Path,
-                                                                    tmp_path: Path) -> None:
-    config = ControlNetConfig(name="toy_cn_joint", output_dir=str(tmp_path), seed=0, data=toy_pair(toy_data),
-                              model=DiffusionModelSection(config_path=TINY, pretrained_model_path=str(unet_pipeline)),
-                              train=diffusion_train(use_ema=True, unet_learning_rate=1e-4),
-                              validation=VALIDATION)
-    pipeline = train_controlnet(config)
-    weights = "diffusion_pytorch_model.safetensors"
-    before, after = load_file(unet_pipeline / "unet" / weights), load_file(pipeline / "unet" / weights)
-    assert any(not torch.equal(before[k], after[k]) for k in before)  # the UNet was trained, and exported
-    assert (tmp_path / "checkpoints" / "checkpoint-2" / "unet" / weights).is_file()  # and checkpointed
-    assert DiffusionTrainSection().unet_learning_rate is None  # frozen by default, as the original
-
-
 def _tensors_close(a, b, what: str) -> None:
     if isinstance(a, torch.Tensor):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=what)
@@ -273,7 +248,7 @@ class _Interrupt(Exception):
 
 def test_v_prediction_is_written_for_the_controlnet_and_cannot_be_changed_there(toy_data, vae_pipeline: Path,
                                                                                  tmp_path: Path) -> None:
-    config = unet_config(tmp_path / "unet", toy_data, vae_pipeline, snr_gamma=5.0)
+    config = unet_config(tmp_path / "unet", toy_data, vae_pipeline)
     config.model.prediction_type = "v_prediction"
     unet_pipeline = train_unet(config)
     assert json.loads((unet_pipeline / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] == \
@@ -286,20 +261,6 @@ def test_v_prediction_is_written_for_the_controlnet_and_cannot_be_changed_there(
         training_schedule(unet_pipeline, model)
 
 
-def test_min_snr_weights_for_both_prediction_types() -> None:
-    scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
-    latents = torch.randn(4, 4, 8, 8)
-    timesteps = torch.tensor([10, 300, 700, 999])
-    snr = scheduler.alphas_cumprod[timesteps] / (1 - scheduler.alphas_cumprod[timesteps])
-    prediction, target = torch.zeros_like(latents), torch.ones_like(latents)  # per-sample MSE 1
-    eps_weights = diffusion_loss(prediction, target, timesteps, scheduler, snr_gamma=5.0)
-    assert eps_weights == pytest.approx(float((snr.clamp(max=5.0) / snr).mean()), rel=1e-5)
-    assert diffusion_loss(prediction, target, timesteps, scheduler, snr_gamma=None) == pytest.approx(1.0)
-    v_scheduler = DDPMScheduler.from_config(scheduler.config, prediction_type="v_prediction")
-    v_weights = diffusion_loss(prediction, target, timesteps, v_scheduler, snr_gamma=5.0)
-    assert v_weights == pytest.approx(float((snr.clamp(max=5.0) / (snr + 1)).mean()), rel=1e-5)
-
-
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_predicted_x0_inverts_the_forward_process(prediction_type: str) -> None:
     scheduler = DDPMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012,
@@ -308,31 +269,6 @@ def test_predicted_x0_inverts_the_forward_process(prediction_type: str) -> None:
     noisy = scheduler.add_noise(latents, noise, timesteps)
     exact = scheduler.get_velocity(latents, noise, timesteps) if prediction_type == "v_prediction" else noise
     assert torch.allclose(predicted_x0(scheduler, noisy, timesteps, exact), latents, atol=2e-3)
-
-
-def test_organ_weight_map_weighs_the_organs_and_keeps_the_mean() -> None:
-    condition = -torch.ones(2, 1, 16, 16)
-    condition[0, 0, 4:8, 4:8] = 0.2  # an organ (intensity code) in the first sample; the second is an empty target
-    weights = organ_weight_map(condition, latent_size=4, weight=4.0)
-    assert weights.shape == (2, 1, 4, 4)
-    assert weights.mean(dim=(1, 2, 3)).tolist() == pytest.approx([1.0, 1.0])
-    organ, margin, far = weights[0, 0, 1, 1], weights[0, 0, 2, 2], weights[0, 0, 3, 3]
-    assert organ == pytest.approx(4 * far) and margin == pytest.approx(organ)  # one latent pixel of margin
-    assert torch.all(weights[1] == 1.0)
-    prediction, target = torch.zeros(2, 4, 4, 4), torch.ones(2, 4, 4, 4)
-    scheduler = DDPMScheduler()
-    plain = diffusion_loss(prediction, target, torch.tensor([5, 500]), scheduler, snr_gamma=None)
-    assert diffusion_loss(prediction, target, torch.tensor([5, 500]), scheduler, None, weights) == pytest.approx(plain)
-
-
-def test_organ_loss_weight_trains_and_rejects_nonsense(toy_data, unet_pipeline: Path, tmp_path: Path) -> None:
-    def config(weight: float) -> ControlNetConfig:
-        return ControlNetConfig(name="toy_cn_organ", output_dir=str(tmp_path / str(weight)), seed=0, data=toy_pair(toy_data),
-                                model=DiffusionModelSection(config_path=TINY, pretrained_model_path=str(unet_pipeline)),
-                                train=diffusion_train(max_train_steps=1, organ_loss_weight=weight), validation=VALIDATION)
-    assert (train_controlnet(config(4.0)) / "controlnet").is_dir()
-    with pytest.raises(ValueError, match="organ_loss_weight must be positive"):
-        train_controlnet(config(0.0))
 
 
 def test_resume_equals_a_straight_run(toy_data, vae_pipeline: Path, tmp_path: Path, monkeypatch, caplog) -> None:

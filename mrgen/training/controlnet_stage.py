@@ -4,7 +4,7 @@ The ControlNet starts as a copy of the trained UNet's encoder (``ControlNetModel
 VAE and text encoder stay frozen (the UNet is moved to the device, never prepared). Batches mix
 source-modality slices with their encoded organ masks and unannotated target-modality slices with an
 empty (all -1) condition and the target prompt (``PairDataset``). Loss: the UNet's epsilon (or v) MSE with the
-ControlNet's residuals added, optionally weighted towards the organs (``train.organ_loss_weight``).
+ControlNet's residuals added.
 
 With ``self_training.organ_attention`` (a deviation, docs/mask_following.md round 14) a trained organ-attention
 pipeline folder first renders training source masks in the target modality (``mrgen.training.self_samples``);
@@ -59,7 +59,6 @@ from mrgen.training.diffusion import (
     check_width,
     freeze,
     generate,
-    organ_weight_map,
     predicted_x0,
     require_pretrained_path,
     set_attention,
@@ -106,18 +105,6 @@ def controlled_prediction(controlnet: torch.nn.Module, unet: UNet2DConditionMode
                 mid_block_additional_residual=mid.to(dtype)).sample
 
 
-class ControlledUNet(torch.nn.Module):
-    """ControlNet and UNet as one trainable module (``train.unet_learning_rate`` set)."""
-
-    def __init__(self, controlnet: ControlNetModel, unet: UNet2DConditionModel):
-        super().__init__()
-        self.controlnet, self.unet = controlnet, unet
-
-    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor,
-                condition: torch.Tensor) -> torch.Tensor:
-        return controlled_prediction(self.controlnet, self.unet, noisy, timesteps, context, condition, noisy.dtype)
-
-
 class ControlNetStage:
     name = CONTROLNET
 
@@ -131,8 +118,6 @@ class ControlNetStage:
         if config.self_training.organ_attention and train.cache_latents:
             raise ValueError("train.cache_latents is not supported with self_training.organ_attention (the self-samples "
                              "are not in the latent cache); set it to false")
-        if train.organ_loss_weight <= 0:
-            raise ValueError(f"train.organ_loss_weight must be positive (1 = plain MSE), got {train.organ_loss_weight}")
         self.dtype = weight_dtype(accelerator)
         self.vae = freeze(load_pretrained(self.pretrained, VAE), accelerator.device, self.dtype)
         self.resolution = model.resolution or int(self.vae.config.sample_size)
@@ -142,13 +127,7 @@ class ControlNetStage:
         unet = load_pretrained(self.pretrained, UNET)
         self.trained_model: ControlNetModel = self._make_controlnet(unet, dataset.condition_channels)
         self.module = self.trained_model
-        self.companions = {}
-        if train.unet_learning_rate is None:
-            self.unet = freeze(unet, accelerator.device, self.dtype)
-        else:  # trained beside the ControlNet (a deviation): one prepared module holds both
-            self.unet, self.dtype = unet.to(accelerator.device), torch.float32
-            self.module = ControlledUNet(self.trained_model, self.unet)
-            self.companions = {UNET: (self.unet, train.unet_learning_rate)}
+        self.unet = freeze(unet, accelerator.device, self.dtype)
         for network in (self.unet, self.trained_model):
             set_attention(network, model.attention)
         self.scheduler_config = training_schedule(self.pretrained, model)
@@ -194,8 +173,6 @@ class ControlNetStage:
         else:
             embedding = tuple(model_config(model.config_path, CONTROLNET)["conditioning_embedding_out_channels"])
             controlnet = controlnet_from_unet(unet, condition_channels, embedding)
-            if model.condition_embedding_init == "default":
-                controlnet.controlnet_cond_embedding.conv_out.reset_parameters()
         if controlnet.config.conditioning_channels != condition_channels:
             raise ValueError(f"the ControlNet takes {controlnet.config.conditioning_channels} condition channels but "
                              f"mask_encoding {self.pair.mask_encoding!r} of {len(self.pair.organs)} organs gives "
@@ -210,13 +187,8 @@ class ControlNetStage:
     def loss(self, module: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         noisy, timesteps, target, context = self.noiser(batch)
         condition = batch["condition"].to(noisy.device)
-        if self.companions:
-            prediction = module(noisy, timesteps, context, condition)
-        else:
-            prediction = controlled_prediction(module, self.unet, noisy, timesteps, context, condition, self.dtype)
-        weight = self.config.train.organ_loss_weight
-        pixel_weight = None if weight == 1.0 else organ_weight_map(condition, noisy.shape[-1], weight)
-        return self.noiser.loss(prediction, target, timesteps, pixel_weight)
+        prediction = controlled_prediction(module, self.unet, noisy, timesteps, context, condition, self.dtype)
+        return self.noiser.loss(prediction, target)
 
     def _samples(self, model: ControlNetModel, prompts: list[str], control: torch.Tensor) -> torch.Tensor:
         validation = self.config.validation
@@ -290,9 +262,7 @@ class ControlNetStage:
 
     def export(self, model: ControlNetModel, folder: Path) -> None:
         model.save_pretrained(folder / CONTROLNET)
-        if self.companions:
-            self.unet.save_pretrained(folder / UNET)
-        export_frozen(self.pretrained, folder, (VAE,) if self.companions else (VAE, UNET))
+        export_frozen(self.pretrained, folder, (VAE, UNET))
         write_scheduler(folder, self.scheduler_config)
         write_text_encoder(folder, self.text_spec)
         atomic_write_json(folder / PAIR_FILE, dataclasses.asdict(self.pair))

@@ -127,27 +127,9 @@ class Noiser:
         target = self.scheduler.get_velocity(latents, noise, timesteps) if velocity else noise
         return noisy, timesteps, target, context
 
-    def loss(self, prediction: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor,
-             pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
-        return diffusion_loss(prediction, target, timesteps, self.scheduler, self.train.snr_gamma, pixel_weight)
-
-
-def diffusion_loss(prediction: torch.Tensor, target: torch.Tensor, timesteps: torch.Tensor,
-                   scheduler: DDPMScheduler, snr_gamma: float | None,
-                   pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """The MSE to the target, or with ``snr_gamma`` the Min-SNR-gamma weighting (Hang et al. 2023): each sample's
-    MSE times min(SNR_t, gamma) / SNR_t (epsilon) or / (SNR_t + 1) (v), so that the many easy low-noise steps
-    stop dominating the gradient. ``pixel_weight`` (B, 1, h, w), mean 1 per sample, weighs latent pixels."""
-    squared = F.mse_loss(prediction.float(), target.float(), reduction="none")
-    if pixel_weight is not None:
-        squared = squared * pixel_weight
-    if snr_gamma is None:
-        return squared.mean()
-    per_sample = squared.mean(dim=(1, 2, 3))
-    alpha_bar = alpha_bar_at(scheduler, timesteps)
-    snr = alpha_bar / (1.0 - alpha_bar)
-    denominator = snr + 1 if scheduler.config.prediction_type == "v_prediction" else snr
-    return (per_sample * snr.clamp(max=snr_gamma) / denominator).mean()
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The MSE to the epsilon or v target, in fp32 (the original's loss)."""
+        return F.mse_loss(prediction.float(), target.float())
 
 
 def alpha_bar_at(scheduler: DDPMScheduler, timesteps: torch.Tensor) -> torch.Tensor:
@@ -162,17 +144,6 @@ def predicted_x0(scheduler: DDPMScheduler, noisy: torch.Tensor, timesteps: torch
     if scheduler.config.prediction_type == "v_prediction":
         return alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * prediction
     return (noisy - (1 - alpha_bar).sqrt() * prediction) / alpha_bar.sqrt()
-
-
-def organ_weight_map(condition: torch.Tensor, latent_size: int, weight: float) -> torch.Tensor:
-    """Per-latent-pixel loss weights (B, 1, h, w) with mean 1 per sample: ``weight`` inside the organs of an encoded
-    condition (any channel above its background -1, grown by one latent pixel), 1 elsewhere. An empty condition (an
-    unannotated target slice) gets uniform weights."""
-    organs = (condition > -0.999).any(dim=1, keepdim=True).float()
-    organs = F.adaptive_max_pool2d(organs, latent_size)
-    organs = F.max_pool2d(organs, kernel_size=3, stride=1, padding=1)
-    weights = 1.0 + (weight - 1.0) * organs
-    return weights / weights.mean(dim=(1, 2, 3), keepdim=True)
 
 
 def training_schedule(pretrained: Path, model: DiffusionModelSection) -> dict[str, Any]:

@@ -160,7 +160,7 @@ class OrganAttentionStage:
         noisy, timesteps, target, context = self.noiser({**batch, "prompt": prompts})
         biased = [p if b and p != EMPTY_PROMPT else None for p, b in zip(prompts, batch["biased"].tolist())]
         prediction = module(noisy.to(self.dtype), timesteps, context, biased, batch["organ_masks"])
-        return self.noiser.loss(prediction, target, timesteps)
+        return self.noiser.loss(prediction, target)
 
     def _samples(self, prompts: list[str], masks: np.ndarray) -> torch.Tensor:
         validation = self.config.validation

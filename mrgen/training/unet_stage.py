@@ -76,7 +76,7 @@ class UNetStage:
     def loss(self, module: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         noisy, timesteps, target, context = self.noiser(batch)
         prediction = module(noisy, timesteps, encoder_hidden_states=context).sample
-        return self.noiser.loss(prediction, target, timesteps)
+        return self.noiser.loss(prediction, target)
 
     def _real_image_for(self, prompt: str) -> torch.Tensor | None:
         for i, item in enumerate(self.val_dataset.slices):
