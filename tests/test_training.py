@@ -411,6 +411,12 @@ def test_stage_scripts_default_to_the_original_configs_as_its_commands_took_none
         parse_args("organ_attention", [])  # ours, no original config to fall back to
 
 
+def test_the_original_command_without_its_data_says_which_file_and_what_to_set(monkeypatch) -> None:
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit, match="radiopaedia_abdomen_mri_image_annotated.json does not exist.*data.index_paths"):
+        main("vae", [])
+
+
 def test_latent_cache_matches_the_vae_posterior(toy_data, tmp_path: Path) -> None:
     vae = build_from_config(TINY, "vae").eval()
     dataset = ImageTextDataset([toy_data["source"]], size=64, split="all", prompt_dropout=0.0)

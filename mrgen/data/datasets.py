@@ -105,7 +105,8 @@ def load_text_slices(index_path: str | os.PathLike, registry: ModalityRegistry) 
     """Read either schema; the Radiopaedia one is recognised by its ``image_modality`` field."""
     path = Path(index_path)
     if not path.is_file():
-        raise FileNotFoundError(f"image-text index {path} does not exist")
+        raise FileNotFoundError(f"image-text index {path} does not exist (relative paths start at the working "
+                                f"directory); set data.index_paths to your index (docs/data.md)")
     raw = json.loads(path.read_text(encoding="utf-8"))
     if isinstance(raw, list) and raw and isinstance(raw[0], dict) and "modality" not in raw[0]:
         return _radiopaedia_slices(path, raw, registry)

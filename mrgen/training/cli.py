@@ -58,5 +58,5 @@ def main(stage: str, argv: Sequence[str] | None = None) -> None:
         sys.exit(f"error: {err}")
     try:
         train(config, resume=args.resume)
-    except ResumeError as err:  # the user's --resume; raised before any work
+    except (ResumeError, FileNotFoundError) as err:  # the user's --resume, or a data or model path that is not there
         sys.exit(f"error: {err}")
