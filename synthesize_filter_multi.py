@@ -11,8 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 
 from mrgen.config import ORIGINAL_PAIR_CONFIG
+from mrgen.synthesis.parts import PartsError
 from mrgen.synthesis.run import SynthesisOptions, synthesize
 
 
@@ -34,7 +36,10 @@ def parse_args(argv: list[str] | None = None) -> SynthesisOptions:
     p.add_argument("--confidence_threshold", type=float, default=0.80, help="per-organ confidence floor")
     p.add_argument("--avg_iou_threshold", type=float, default=0.80, help="mean IoU floor")
     p.add_argument("--avg_confidence_threshold", type=float, default=0.90, help="mean confidence floor")
-    p.add_argument("--num_gpus", type=int, default=4, help="processes, one per CUDA device (1 on a CPU machine)")
+    p.add_argument("--num_gpus", type=int, default=4, help="worker processes, one per CUDA device (as many as are visible)")
+    p.add_argument("--processes", type=int, default=None,
+                   help="worker processes (default: one per visible CUDA device up to --num_gpus; 1 without CUDA); "
+                        "on a CPU machine N processes share the cores")
     p.add_argument("--top_k", type=int, default=5, help="candidates per mask the rule looks at, by mean IoU")
     p.add_argument("--relax", type=float, default=0.10, help="how much the thresholds drop when too few pass")
     p.add_argument("--keep_relaxed", type=int, default=1, help="samples kept per mask by the relaxed rule")
@@ -54,7 +59,9 @@ def parse_args(argv: list[str] | None = None) -> SynthesisOptions:
     p.add_argument("--early_stop", action="store_true", help="stop generating for a mask once enough candidates pass the strict rule")
     p.add_argument("--num_parts", type=int, default=1, help="split the masks into this many parts (cluster jobs)")
     p.add_argument("--part_id", type=int, default=0, help="which part this job runs")
-    p.add_argument("--refilter", action="store_true", help="only re-run the selection (new thresholds) on an existing run")
+    p.add_argument("--merge", action="store_true", help="no generation: check that every part finished with the same "
+                   "settings, merge the parts and apply the selection rule (after cluster parts; or to re-select "
+                   "with new thresholds)")
     p.add_argument("--max_masks", type=int, default=None, help="use N masks spread evenly over the list (quick looks)")
     p.add_argument("--size", type=int, default=None, help="image size; default: the VAE's sample_size")
     p.add_argument("--half", action=argparse.BooleanOptionalAction, default=None, help="fp16 models (default: on with CUDA)")
@@ -66,7 +73,12 @@ def parse_args(argv: list[str] | None = None) -> SynthesisOptions:
 
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    print(json.dumps(synthesize(parse_args(argv)), indent=2))
+    options = parse_args(argv)
+    try:
+        summary = synthesize(options)
+    except (PartsError, FileNotFoundError) as err:  # what the user must fix: the message says what, no traceback
+        sys.exit(f"error: {err}")
+    print(json.dumps(summary, indent=2))
 
 
 if __name__ == "__main__":

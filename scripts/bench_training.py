@@ -1,14 +1,16 @@
-"""Training throughput and peak memory of the three stages' optimizer steps.
+"""Training throughput and peak memory of the three stages' optimizer steps, and what the training harness costs.
 
-Each configuration runs in its own process (so peak memory is its own): the stage's models built from
-``ckpt/tiny`` (always) or ``ckpt`` (paper size, only when CUDA is present, with and without mixed
-precision and gradient checkpointing), random images, masks and text contexts, and timed full optimizer
-steps (forward, backward, AdamW step) after warm-up steps. The UNet and ControlNet steps include the
-frozen VAE's encoding, as the original (no latent cache); the text context is a precomputed tensor, as
-in training (prompt embeddings are cached).
+Stages: each configuration runs in its own process (so peak memory is its own): the stage's models built from
+``ckpt/tiny`` (always) or ``ckpt`` (paper size, only when CUDA is present, with and without mixed precision and
+gradient checkpointing), random images, masks and text contexts, timed full optimizer steps after warm-up steps
+(mrgen/training/throughput.py).
 
-    python scripts/bench_training.py                  # tiny, CPU (and paper size if CUDA is present)
-    python scripts/bench_training.py --sizes tiny --steps 10
+Harness: the tiny UNet stage trained on a small simulated dataset by our harness (``train_unet``), against a
+minimal hand-written accelerate loop over the same stage's data and loss (forward, backward, clipping, optimizer
+step), in one process; prints the ratio of their seconds per step (aim: at most 1.1).
+
+    python scripts/bench_training.py                  # tiny, CPU (and paper size if CUDA is present), then the harness
+    python scripts/bench_training.py --sizes tiny --steps 10 --no-harness
 """
 
 from __future__ import annotations
@@ -16,69 +18,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from mrgen.models import build_from_config, controlnet_from_unet, count_parameters, model_config  # noqa: E402
-from mrgen.training.vae_stage import VAETrainingModule, kl_per_element  # noqa: E402
+from mrgen.models import count_parameters  # noqa: E402
+from mrgen.training.throughput import make_optimizer, make_step, time_steps  # noqa: E402
 
 BATCH = {"tiny": {"vae": 16, "unet": 32, "controlnet": 16}, "paper": {"vae": 8, "unet": 16, "controlnet": 32}}
-DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def make_step(stage: str, root: Path, batch: int, device: torch.device, precision: str, checkpointing: bool):
-    """(trainable model, a function running one forward+backward) for a stage at a config root."""
-    vae = build_from_config(root, "vae").to(device)
-    size = int(vae.config.sample_size)
-    images = torch.rand(batch, 1, size, size, device=device) * 2 - 1
-    autocast = torch.autocast(device.type, dtype=DTYPES[precision], enabled=precision != "no")
-    if stage == "vae":
-        module = VAETrainingModule(vae)
-        if checkpointing:
-            vae.enable_gradient_checkpointing()
-
-        def step() -> torch.Tensor:
-            with autocast:
-                reconstruction, mean, logvar = module(images)
-                return F.mse_loss(reconstruction.float(), images) + 1e-4 * kl_per_element(mean.float(), logvar.float())
-        return vae, step
-
-    vae.requires_grad_(False).eval().to(DTYPES[precision] if precision != "no" else torch.float32)
-    unet = build_from_config(root, "unet").to(device)
-    context = torch.randn(batch, 77, unet.config.cross_attention_dim, device=device)
-    timesteps = torch.randint(0, 1000, (batch,), device=device)
-    trained = unet
-    if stage == "controlnet":
-        embedding = tuple(model_config(root, "controlnet")["conditioning_embedding_out_channels"])
-        trained = controlnet_from_unet(unet, 1, embedding).to(device)
-        unet.requires_grad_(False).eval()
-        condition = torch.rand(batch, 1, size, size, device=device) * 2 - 1
-    if checkpointing:
-        trained.enable_gradient_checkpointing()
-
-    def step() -> torch.Tensor:
-        with torch.no_grad():
-            latents = vae.encode(images.to(vae.dtype)).latent_dist.sample().float() * vae.config.scaling_factor
-        noise = torch.randn_like(latents)
-        noisy = latents + noise  # the noise level does not change the cost
-        with autocast:
-            if stage == "unet":
-                prediction = unet(noisy, timesteps, context).sample
-            else:
-                down, mid = trained(noisy, timesteps, context, controlnet_cond=condition, return_dict=False)
-                prediction = unet(noisy, timesteps, context, down_block_additional_residuals=down,
-                                  mid_block_additional_residual=mid).sample
-        return F.mse_loss(prediction.float(), noise)
-    return trained, step
+HARNESS_BATCH = 16
 
 
 def run_one(spec: dict) -> dict:
@@ -88,28 +43,10 @@ def run_one(spec: dict) -> dict:
     torch.manual_seed(0)
     root = REPO / "ckpt" / ("tiny" if spec["size"] == "tiny" else "")
     model, step = make_step(spec["stage"], root, spec["batch"], device, spec["precision"], spec["checkpointing"])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    scaler = torch.amp.GradScaler(device.type, enabled=spec["precision"] == "fp16")
-    for i in range(spec["warmup"] + spec["steps"]):
-        if i == spec["warmup"]:
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            started = time.perf_counter()
-        scaler.scale(step()).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - started
-    peak = (torch.cuda.max_memory_allocated() if device.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
-    return {**spec, "device": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{torch.get_num_threads()}",
-            "params_m": count_parameters(model) / 1e6, "s_per_step": elapsed / spec["steps"],
-            "samples_per_s": spec["batch"] * spec["steps"] / elapsed, "peak_gb": peak / 2**30,
+    timing = time_steps(model, step, make_optimizer(model), device, spec["precision"], spec["steps"], spec["warmup"])
+    return {**spec, **timing, "params_m": count_parameters(model) / 1e6,
+            "device": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{torch.get_num_threads()}",
+            "samples_per_s": spec["batch"] / timing["s_per_step"],
             "memory": "GPU allocated" if device.type == "cuda" else "process RSS"}
 
 
@@ -138,18 +75,7 @@ def print_table(rows: list[dict]) -> None:
               f"{r['peak_gb']:.2f} ({r['memory']}) |")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stages", nargs="+", default=["vae", "unet", "controlnet"], choices=["vae", "unet", "controlnet"])
-    parser.add_argument("--sizes", nargs="+", default=["tiny", "paper"], choices=["tiny", "paper"])
-    parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per configuration")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (oneDNN / cuDNN warm-up)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all cores")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one JSON spec in this process
-    args = parser.parse_args()
-    if args.one:
-        print(json.dumps(run_one(json.loads(args.one))))
-        return
+def stage_rows(args: argparse.Namespace) -> list[dict]:
     rows = []
     for spec in configurations(args):
         done = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)], capture_output=True, text=True,
@@ -159,7 +85,107 @@ def main() -> None:
             continue
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(f"done: {spec['stage']} {spec['size']} {spec['precision']} ckpt={spec['checkpointing']}", flush=True)
-    print_table(rows)
+    return rows
+
+
+# ----- the harness against a hand-written loop -------------------------------------------------------------
+
+def harness_config(work: Path, steps: int):
+    from mrgen.config import UNetConfig, load_config
+
+    overrides = [f"output_dir={work / 'harness'}", "model.pretrained_model_path=zoo/phantom",
+                 f"data.index_paths=[{work / 'data' / 'image_text_train.json'}]",
+                 f"data.test_index_paths=[{work / 'data' / 'image_text_test.json'}]",
+                 f"train.train_batch_size={HARNESS_BATCH}", f"train.max_train_steps={steps}", "train.use_ema=false",
+                 "train.cache_latents=false", "train.lr_warmup_steps=0", f"train.checkpointing_steps={steps}",
+                 f"train.validation_steps={steps}", "validation.num_images=1", "validation.num_inference_steps=2"]
+    return load_config(REPO / "training_configs/demo/train_unet_phantom.yml", UNetConfig, overrides)
+
+
+def harness_seconds_per_step(config, warmup: int) -> float:
+    """Our harness: seconds per step between step ``warmup`` and the last, from the steps/s it logs (cumulative
+    since the loop started, so the time at step k is k / rate_k)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from mrgen.training.unet_stage import train_unet
+
+    train_unet(config)
+    events = EventAccumulator(str(Path(config.output_dir) / "logs"))
+    events.Reload()
+    (tag,) = [t for t in events.Tags()["scalars"] if t.endswith("train/steps_per_s")]
+    rate = {e.step: e.value for e in events.Scalars(tag)}
+    last = max(rate)
+    return (last / rate[last] - warmup / rate[warmup]) / (last - warmup)
+
+
+def plain_seconds_per_step(config, warmup: int) -> float:
+    """The same stage's data, model and loss in a hand-written accelerate loop."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+    from accelerate.utils import set_seed
+
+    from mrgen.training.unet_stage import UNetStage
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    set_seed(config.seed)
+    stage = UNetStage(config, accelerator, Path(config.output_dir))
+    loader = torch.utils.data.DataLoader(stage.train_dataset, batch_size=HARNESS_BATCH, shuffle=True, drop_last=True)
+    optimizer = torch.optim.AdamW(stage.trained_model.parameters(), lr=config.train.learning_rate)
+    model, optimizer, loader = accelerator.prepare(stage.trained_model, optimizer, loader)
+    model.train()
+    step, started = 0, time.perf_counter()
+    while step < config.train.max_train_steps:
+        for batch in loader:
+            loss = stage.loss(model, batch)
+            accelerator.backward(loss)
+            accelerator.clip_grad_norm_(model.parameters(), config.train.max_grad_norm)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            if step == warmup:
+                started = time.perf_counter()
+            if step == config.train.max_train_steps:
+                break
+    return (time.perf_counter() - started) / (config.train.max_train_steps - warmup)
+
+
+def harness_ratio(steps: int, warmup: int) -> None:
+    from mrgen.data.phantom import generate_phantom_dataset
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        generate_phantom_dataset(work / "data", cases=4, seed=0, size=64)
+        config = harness_config(work, warmup + steps)
+        plain = plain_seconds_per_step(config, warmup)
+        harness = harness_seconds_per_step(config, warmup)
+    print(f"\ntiny UNet stage, batch {HARNESS_BATCH}, {steps} timed steps after {warmup}, "
+          f"{torch.get_num_threads()} threads:")
+    print("| loop | s/step |\n|---|---|")
+    print(f"| hand-written accelerate loop | {plain:.4f} |\n| our harness (train_unet) | {harness:.4f} |")
+    print(f"harness / plain loop: {harness / plain:.3f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stages", nargs="+", default=["vae", "unet", "controlnet"], choices=["vae", "unet", "controlnet"])
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "paper"], choices=["tiny", "paper"])
+    parser.add_argument("--steps", type=int, default=10, help="timed optimizer steps per configuration")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (oneDNN / cuDNN warm-up)")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads; 0 = all cores")
+    parser.add_argument("--harness", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time our harness against a hand-written loop (default: on)")
+    parser.add_argument("--harness_steps", type=int, default=40, help="timed steps of the harness comparison")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one JSON spec in this process
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(json.loads(args.one))))
+        return
+    print_table(stage_rows(args))
+    if args.harness:
+        harness_ratio(args.harness_steps, args.warmup)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ from mrgen.models.pipeline_folder import TextEncoderSpec, write_text_encoder  # 
 torch.set_num_threads(2)
 
 ORGANS = ["liver", "right kidney", "left kidney", "spleen"]
-TINY = Path(__file__).resolve().parents[1] / "ckpt" / "tiny"
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "ckpt" / "tiny"
 # the pair config of synthesis tests on the ``phantom`` fixture
 PHANTOM_PAIR_YAML = """
 data:

@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import PHANTOM_PAIR_YAML
+from conftest import PHANTOM_PAIR_YAML, REPO
 from mrgen.data.index import load_index
 from mrgen.data.preprocess import preprocess_image, preprocess_mask
 from mrgen.filtering.mask_following import mask_following
 from mrgen.filtering.offline import OfflineFilter
 from mrgen.io.images import read_gray
 from mrgen.synthesis import manifest
+from mrgen.synthesis.parts import PartsError
 from mrgen.synthesis.run import SynthesisOptions, synthesize
 from mrgen.synthesis.seeds import candidate_seed
 
@@ -67,7 +70,7 @@ def test_resume_after_a_crash_gives_identical_records_and_images(options, tmp_pa
     synthesize(straight)
     crashed = options(log_dir=str(tmp_path / "crashed"))
     synthesize(crashed)
-    part = Path(crashed.log_dir) / "manifest" / "part-000-of-001.jsonl"
+    part = Path(crashed.log_dir) / "manifest" / "part-000-of-001-rank-00.jsonl"
     lines = part.read_text().splitlines(keepends=True)
     part.write_text("".join(lines[:5]) + lines[5][:40])  # killed mid-append after 5 candidates
     for path in Path(crashed.log_dir).glob("synthetic_T2-SPIR/2_*.png"):
@@ -84,22 +87,83 @@ def test_resume_after_a_crash_gives_identical_records_and_images(options, tmp_pa
             (Path(crashed.log_dir) / "synthetic_T2-SPIR" / name).read_bytes()
 
 
-def test_parts_union_equals_one_run(options, tmp_path):
+def _same_dataset(a: str, b: str) -> None:
+    """The same candidates, scores and decisions, the same accepted list and the same image bytes."""
+    keys = lambda log_dir: [(r["mask_index"], r["try"], r["seed"], r["organ_iou"], r["accepted"])  # noqa: E731
+                            for r in _records(log_dir)]
+    assert keys(a) == keys(b)
+    filtered = "json_files/synthetic_T2-SPIR_filtered.json"
+    assert (Path(a) / filtered).read_text() == (Path(b) / filtered).read_text()
+    for r in _records(a):
+        relative = Path(r["image_path"]).relative_to(a)
+        assert (Path(a) / relative).read_bytes() == (Path(b) / relative).read_bytes(), relative
+
+
+def test_parts_merged_equal_one_run_and_a_missing_or_foreign_part_is_refused(options, tmp_path):
     single = options(log_dir=str(tmp_path / "single"))
     synthesize(single)
     parts = [options(log_dir=str(tmp_path / "parts"), num_parts=2, part_id=k) for k in (0, 1)]
-    for p in parts:
-        synthesize(p)
-    keys = lambda log_dir: [(r["mask_index"], r["try"], r["seed"], r["organ_iou"]) for r in _records(log_dir)]  # noqa: E731
-    assert keys(parts[1].log_dir) == keys(single.log_dir)
-    assert "status: complete" in (Path(parts[1].log_dir) / "README.md").read_text()
+    assert synthesize(parts[0]) == {"part_id": 0, "num_parts": 2, "merged": False}
+    with pytest.raises(PartsError, match=r"part\(s\) 1 of 2 have not finished"):
+        synthesize(options(log_dir=parts[0].log_dir, num_parts=2, merge=True))
+    synthesize(parts[1])
+    manifests = Path(parts[0].log_dir) / "manifest"
+    foreign = manifests / "part-000-of-003-rank-00.jsonl"
+    foreign.write_text((manifests / "part-000-of-002-rank-00.jsonl").read_text())
+    with pytest.raises(PartsError, match="written with --num_parts 3"):
+        synthesize(options(log_dir=parts[0].log_dir, num_parts=2, merge=True))
+    foreign.unlink()
+    altered = manifests / "part-001-of-002-rank-00.jsonl"
+    records = manifest.read(altered)
+    records[0]["steps"] = 99
+    altered.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with pytest.raises(PartsError, match="other settings than run_config.json: steps"):
+        synthesize(options(log_dir=parts[0].log_dir, num_parts=2, merge=True))
+    records[0]["steps"] = parts[1].steps
+    altered.write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert synthesize(options(log_dir=parts[0].log_dir, num_parts=2, merge=True))["candidates"] == 12
+    _same_dataset(single.log_dir, parts[0].log_dir)
+    assert "status: complete (2 parts merged)" in (Path(parts[0].log_dir) / "README.md").read_text()
 
 
-def test_changed_arguments_are_refused_and_refilter_reselects(options):
+def test_the_slurm_array_script_makes_parts_in_separate_processes_and_merges_them(options, tmp_path):
+    single = options(log_dir=str(tmp_path / "single"))
+    synthesize(single)
+    flags = "--steps 2 --num_images_per_prompt 2 --max_tries_per_mask 4 --max_masks 3 --iou_threshold 0 " \
+            "--confidence_threshold 0 --avg_iou_threshold 0 --avg_confidence_threshold 0"
+    env = {**os.environ, "NUM_PARTS": "2", "PAIR": single.config, "CKPT": single.ckpt, "LOG_DIR": str(tmp_path / "parts"),
+           "EXTRA_ARGS": flags, "SLURM_SUBMIT_DIR": str(REPO), "HF_HUB_OFFLINE": "1"}
+
+    def job(*args: str, task: int | None = None) -> subprocess.CompletedProcess:
+        task_env = env if task is None else {**env, "SLURM_ARRAY_TASK_ID": str(task)}
+        return subprocess.run(["bash", str(REPO / "scripts/cluster/synthesize_array.sbatch"), *args], env=task_env,
+                              capture_output=True, text=True, timeout=600)
+
+    assert job(task=1).returncode == 0
+    early = job("merge")
+    assert early.returncode != 0 and "part(s) 0 of 2 have not finished" in early.stderr, early.stderr[-2000:]
+    assert job(task=0).returncode == 0
+    merged = job("merge")
+    assert merged.returncode == 0, merged.stderr[-2000:]
+    _same_dataset(single.log_dir, str(tmp_path / "parts"))
+
+
+def test_two_worker_processes_on_the_cpu_give_the_same_dataset_as_one(options, tmp_path):
+    single = options(log_dir=str(tmp_path / "single"))
+    synthesize(single)
+    two = options(log_dir=str(tmp_path / "two"), processes=2)
+    assert synthesize(two)["candidates"] == 12
+    written = sorted(p.name for p in (Path(two.log_dir) / "manifest").glob("*.jsonl"))
+    assert written == ["part-000-of-001-rank-00.jsonl", "part-000-of-001-rank-01.jsonl"]
+    assert all(manifest.read(Path(two.log_dir) / "manifest" / name) for name in written)  # both did work
+    _same_dataset(single.log_dir, two.log_dir)
+
+
+def test_changed_arguments_are_refused_and_merge_reselects(options):
     synthesize(options())
     with pytest.raises(ValueError, match="guidance_scale"):
         synthesize(options(guidance_scale=3.0))
-    strict = synthesize(options(refilter=True, avg_iou_threshold=1.01, iou_threshold=1.01))
+    strict = synthesize(options(merge=True, avg_iou_threshold=1.01, iou_threshold=1.01))
     assert strict["accepted"] == 0 and strict["candidates"] == 12
 
 

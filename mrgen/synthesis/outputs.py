@@ -1,7 +1,8 @@
 """File names of a synthesis run (the original's layout, reference 6.6, without its hard-coded "T1-" prefix).
 
     <log_dir>/run_config.json                          what the samples depend on (a resumed run must match)
-    <log_dir>/manifest/part-<k>-of-<n>.jsonl           one record per candidate, per process
+    <log_dir>/manifest/part-<k>-of-<n>-rank-<r>.jsonl  one record per candidate, per part and worker process
+    <log_dir>/manifest/part-<k>-of-<n>.done            part k of n finished (every process of its job)
     <log_dir>/manifest.jsonl                           all records with the selection decision (final step)
     <log_dir>/json_files/synthetic_<name>.json         every candidate, the original's schema
     <log_dir>/json_files/synthetic_<name>_filtered.json   the selected ones
@@ -33,8 +34,8 @@ class RunLayout:
     def manifest_dir(self) -> Path:
         return self.root / "manifest"
 
-    def part_manifest(self, part: int, parts: int) -> Path:
-        return self.manifest_dir / f"part-{part:03d}-of-{parts:03d}.jsonl"
+    def part_manifest(self, part: int, parts: int, rank: int) -> Path:
+        return self.manifest_dir / f"part-{part:03d}-of-{parts:03d}-rank-{rank:02d}.jsonl"
 
     def part_done(self, part: int, parts: int) -> Path:
         return self.manifest_dir / f"part-{part:03d}-of-{parts:03d}.done"

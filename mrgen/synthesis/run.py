@@ -1,8 +1,9 @@
 """A synthesis run: target-modality images from source masks, scored by a quality filter, selected.
 
-Masks are split deterministically by entry index (``index % parts == part``); every process appends
-its candidates to its own manifest and skips what any manifest already holds, so a killed run started
-again with the same arguments continues where it stopped. Candidates are generated in fixed batches
+Masks are split deterministically: a cluster part takes the entries with ``index % num_parts == part_id``, and
+its worker processes every ``processes``-th of those. Every process appends its candidates to its own manifest
+and skips what any manifest already holds, so a killed run started again with the same arguments continues where
+it stopped; candidate seeds depend on (seed, mask, try) only, so any split gives the same samples. Candidates are generated in fixed batches
 (tries ``[b*n, (b+1)*n)``) and a partly recorded batch is regenerated whole, so a resumed run computes
 exactly what an uninterrupted one would have.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,6 +34,7 @@ from mrgen.io.images import write_gray, write_rgb
 from mrgen.synthesis import manifest
 from mrgen.synthesis.finalize import write_outputs
 from mrgen.synthesis.outputs import RunLayout
+from mrgen.synthesis.parts import check_parts
 from mrgen.synthesis.sampler import MaskSampler, make_mask_sampler
 from mrgen.synthesis.seeds import candidate_seed
 from mrgen.viz import overlay
@@ -40,7 +43,7 @@ log = logging.getLogger(__name__)
 
 # Keys of run_config.json that may differ on a resumed run without mixing incompatible samples
 # (the checkpoints are compared by their hashes, so a moved checkpoint folder is fine).
-RESUMABLE_DIFFERENCES = {"num_parts", "part_id", "num_gpus", "processes", "thresholds", "top_k", "relax", "keep_relaxed",
+RESUMABLE_DIFFERENCES = {"part_id", "num_gpus", "processes", "thresholds", "top_k", "relax", "keep_relaxed",
                          "sample_per_mask", "max_masks", "log_dir", "ckpt", "controlnet",
                          "organ_attention"}
 
@@ -67,6 +70,7 @@ class SynthesisOptions:
     relax: float = 0.10
     keep_relaxed: int = 1
     num_gpus: int = 4
+    processes: int | None = None  # worker processes; default: one per visible CUDA device up to num_gpus, else 1
     scheduler: str = "ddim"
     steps: int = 50
     guidance_scale: float = 7.0
@@ -81,7 +85,7 @@ class SynthesisOptions:
     early_stop: bool = False
     num_parts: int = 1
     part_id: int = 0
-    refilter: bool = False
+    merge: bool = False  # no generation: check the recorded parts, merge them and apply the selection rule
     max_masks: int | None = None  # that many masks, spread evenly over the inference list
     size: int | None = None
     half: bool | None = None
@@ -92,6 +96,7 @@ class SynthesisOptions:
         counts = {"num_images_per_prompt": self.num_images_per_prompt, "max_tries_per_mask": self.max_tries_per_mask,
                   "steps": self.steps, "sample_per_mask": self.sample_per_mask, "top_k": self.top_k,
                   "num_parts": self.num_parts, "num_gpus": self.num_gpus,
+                  "processes": 1 if self.processes is None else self.processes,
                   "max_masks": 1 if self.max_masks is None else self.max_masks}
         low = {name: value for name, value in counts.items() if value < 1}
         if low:
@@ -171,7 +176,7 @@ def check_resumable(layout: RunLayout, run_config: dict[str, Any]) -> None:
         raise ValueError(
             f"{layout.root} holds a run made with different settings ({details}). Mixing them would give "
             f"incompatible samples: use a new --log_dir, or the previous settings (see {layout.run_config}). "
-            f"Thresholds alone can change with --refilter."
+            f"Thresholds alone can change with --merge."
         )
 
 
@@ -187,11 +192,11 @@ def combined_picture(image: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarr
 
 
 class Synthesizer:
-    """Generates, scores and records the candidates of one part of the masks."""
+    """Generates, scores and records the candidates of one worker process's share of this part's masks."""
 
     def __init__(self, options: SynthesisOptions, pair: PairConfig, layout: RunLayout, run_config: dict[str, Any],
                  sampler: Any, quality_filter: QualityFilter, jobs: Callable[[int], MaskJob], mask_indices: list[int],
-                 part: int, parts: int):
+                 rank: int, processes: int):
         self.options = options
         self.pair = pair
         self.layout = layout
@@ -200,17 +205,17 @@ class Synthesizer:
         self.filter = quality_filter
         self.jobs = jobs
         self.mask_indices = mask_indices
-        self.part, self.parts = part, parts
-        self.writer = manifest.ManifestWriter(layout.part_manifest(part, parts))
+        self.rank, self.processes = rank, processes
+        self.writer = manifest.ManifestWriter(layout.part_manifest(options.part_id, options.num_parts, rank))
         records = manifest.read_all(layout.manifest_dir.glob("*.jsonl"))
         self.done = {(r["mask_index"], r["try"]): r for r in records if r.get("type") == "candidate"}
         self.skipped = {r["mask_index"] for r in records if r.get("type") == "skipped"}
 
     def run(self) -> None:
-        for index in tqdm(self.mask_indices, desc=f"synthesis part {self.part + 1}/{self.parts}", unit="mask"):
+        where = f"part {self.options.part_id + 1}/{self.options.num_parts}, process {self.rank + 1}/{self.processes}"
+        for index in tqdm(self.mask_indices, desc=f"synthesis {where}", unit="mask"):
             if index not in self.skipped:
                 self.render_mask(self.jobs(index))
-        self.layout.part_done(self.part, self.parts).touch()
 
     def render_mask(self, job: MaskJob) -> None:
         if job.foreground_fraction <= self.options.mask_threshold:
@@ -267,7 +272,7 @@ class Synthesizer:
             "mask_paths": [str(self.layout.organ_mask(job.index, m)) for m in range(len(job.organ_masks))],
             "image_path": str(image_path), "combined_path": str(combined_path),
             "organ_iou": scores.organ_iou, "organ_confidence": scores.organ_confidence,
-            "unet_evaluations": evaluations, "part": self.part,
+            "unet_evaluations": evaluations, "part": self.options.part_id,
         }
 
 
@@ -283,7 +288,7 @@ def describe_run(options: SynthesisOptions, pair: PairConfig, modality: str, siz
     )
     if options.early_stop:  # the rule decides which candidates exist at all
         config["early_stop_rule"] = {**asdict(options.rule.thresholds), "keep": options.sample_per_mask, "top_k": options.top_k}
-    for key in ("config", "refilter", "sam2_config", "sam2_checkpoint", "sam2_prompt", "box_jitter"):
+    for key in ("config", "merge", "sam2_config", "sam2_checkpoint", "sam2_prompt", "box_jitter"):
         config.pop(key)
     return config
 
@@ -297,10 +302,10 @@ def layout_for(options: SynthesisOptions, pair: PairConfig) -> RunLayout:
 
 
 def finalize(options: SynthesisOptions, layout: RunLayout) -> dict[str, Any]:
+    """Check that every part finished with the same settings, then merge them and apply the selection rule."""
     run_config = json.loads(layout.run_config.read_text())
-    parts = run_config["num_parts"] * run_config["processes"]
-    done = sum(1 for _ in layout.manifest_dir.glob(f"part-*-of-{parts:03d}.done"))
-    summary = write_outputs(layout, options.rule, run_config, min(done, parts), parts)
+    check_parts(layout, run_config)
+    summary = write_outputs(layout, options.rule, run_config)
     log.info("%d candidates, %d accepted (%.1f %%) -> %s", summary["candidates"], summary["accepted"],
              100 * summary["acceptance_rate"], layout.filtered_json)
     return summary
@@ -328,11 +333,19 @@ def load_pair(config_path: str) -> PairConfig:
     return pair
 
 
-def process_count(num_gpus: int) -> int:
+def process_count(options: SynthesisOptions) -> int:
+    """``--processes`` if given (CPU workers, or at most one per visible CUDA device), else one per visible CUDA
+    device up to ``--num_gpus``, and 1 on a machine without CUDA."""
     available = torch.cuda.device_count()
-    if num_gpus > 1 and available < num_gpus:
-        log.warning("--num_gpus %d but %d CUDA device(s) visible: using %d process(es)", num_gpus, available, max(1, available))
-    return max(1, min(num_gpus, available))
+    if options.processes is not None:
+        if available and options.processes > available:
+            raise ValueError(f"--processes {options.processes} but {available} CUDA device(s) visible: one process per "
+                             f"device at most")
+        return options.processes
+    if options.num_gpus > 1 and available < options.num_gpus:
+        log.warning("--num_gpus %d but %d CUDA device(s) visible: using %d process(es); --processes N runs N worker "
+                    "processes on the CPU", options.num_gpus, available, max(1, available))
+    return max(1, min(options.num_gpus, available))
 
 
 def build_filter(options: SynthesisOptions, device: torch.device) -> QualityFilter:
@@ -417,11 +430,13 @@ def make_sampler(options: SynthesisOptions, pair: PairConfig, device: torch.devi
                              options.controlnet_scale, options.control_conditional_only, device, dtype)
 
 
-def my_masks(options: SynthesisOptions, count: int, part: int, parts: int) -> list[int]:
-    """This part's mask indices; ``max_masks`` picks that many spread evenly over the whole list."""
+def my_masks(options: SynthesisOptions, count: int, rank: int, processes: int) -> list[int]:
+    """The mask indices of this part (``index % num_parts == part_id``) that worker ``rank`` of ``processes`` renders
+    (every ``processes``-th of them), so that a part covers the same masks with any number of processes.
+    ``max_masks`` picks that many spread evenly over the whole list."""
     chosen = range(count) if options.max_masks is None else \
         sorted({int(i) for i in np.linspace(0, count - 1, min(count, options.max_masks)).round()})
-    return [i for i in chosen if i % parts == part]
+    return [i for i in chosen if i % options.num_parts == options.part_id][rank::processes]
 
 
 def _work(rank: int, options: SynthesisOptions, processes: int) -> None:
@@ -430,26 +445,28 @@ def _work(rank: int, options: SynthesisOptions, processes: int) -> None:
     run_config = json.loads(layout.run_config.read_text())
     registry = load_registry()
     device = _device(rank)
+    if device.type == "cpu" and processes > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))  # the workers share the cores
     entries = inference_entries(pair)
     modality, size = run_config["modality"], run_config["size"]
-    part, parts = options.part_id * processes + rank, options.num_parts * processes
     synthesizer = Synthesizer(
         options, pair, layout, run_config, make_sampler(options, pair, device), build_filter(options, device),
-        lambda i: mask_job(i, entries[i], pair, registry, modality, size), my_masks(options, len(entries), part, parts),
-        part, parts,
+        lambda i: mask_job(i, entries[i], pair, registry, modality, size),
+        my_masks(options, len(entries), rank, processes), rank, processes,
     )
     synthesizer.run()
 
 
 def synthesize(options: SynthesisOptions) -> dict[str, Any]:
-    """Run (or resume, or with ``refilter`` only re-select) a synthesis; return the summary."""
+    """Run (or resume) a synthesis part; with ``merge`` only merge the recorded parts and re-select. Returns the
+    summary of the merged run, or of this part while other parts (``num_parts`` > 1) still have to be merged."""
     pair = load_pair(options.config)
     layout = layout_for(options, pair)
-    if options.refilter:
+    if options.merge:
         if not layout.run_config.is_file():
-            raise FileNotFoundError(f"--refilter: {layout.run_config} does not exist; run the synthesis first")
+            raise FileNotFoundError(f"--merge: {layout.run_config} does not exist; run the synthesis first")
         return finalize(options, layout)
-    processes = process_count(options.num_gpus)
+    processes = process_count(options)
     if layout.root.is_dir() and (removed := remove_stale_temporaries(layout.root)):
         log.info("%s: removed %d half-written file(s) left by an interrupted run", layout.root, removed)
     prepare_run(options, pair, processes)
@@ -457,4 +474,9 @@ def synthesize(options: SynthesisOptions) -> dict[str, Any]:
         _work(0, options, 1)
     else:
         torch.multiprocessing.spawn(_work, args=(options, processes), nprocs=processes, join=True)
+    layout.part_done(options.part_id, options.num_parts).touch()
+    if options.num_parts > 1:
+        log.info("part %d of %d done; when every part is, merge them: the same command with --merge",
+                 options.part_id, options.num_parts)
+        return {"part_id": options.part_id, "num_parts": options.num_parts, "merged": False}
     return finalize(options, layout)

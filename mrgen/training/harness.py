@@ -140,6 +140,9 @@ def run_training(config: VAEConfig | UNetConfig | PairStageConfig, make_stage: S
 
 def _make_accelerator(train: TrainSection, output_dir: Path) -> Accelerator:
     return Accelerator(
+        # without CUDA, a multi-process launch (`accelerate launch --multi_gpu --num_processes N`) then trains on the
+        # CPU with the gloo backend instead of running N unaware copies
+        cpu=not torch.cuda.is_available(),
         mixed_precision=train.mixed_precision,
         # sync_with_dataloader=False: an epoch boundary must not force an early, smaller optimizer step,
         # so every step sees exactly gradient_accumulation_steps micro-batches (and resume stays exact)
