@@ -154,9 +154,8 @@ def _chaos_patient(root, patient, rows=20, cols=24, slices=5, same_names=True):
     return truth
 
 
-@pytest.mark.parametrize("same_names", [True, False])
-def test_chaos_layout_converts(tmp_path, same_names):
-    truth = _chaos_patient(tmp_path / "MR", "7", same_names=same_names)
+def test_chaos_layout_converts(tmp_path):
+    truth = _chaos_patient(tmp_path / "MR", "7")
     sources = chaos_sources(tmp_path / "MR", "T2-SPIR")
     volume = sources[0].load()
     assert volume.case_id == "CHAOS_7_T2SPIR" and volume.image.shape == (24, 20, 5)
@@ -170,6 +169,52 @@ def test_chaos_layout_converts(tmp_path, same_names):
     assert geometry.in_plane_spacing_mm == pytest.approx([1.5, 1.2]) and geometry.slice_spacing_mm == pytest.approx(6.0)
     np.testing.assert_array_equal(slices_to_volume(_slices(report.dataset_dir, "Ts", geometry), geometry),
                                   truth.transpose(1, 0, 2))
+
+
+def test_chaos_labels_not_named_after_their_slices_are_refused(tmp_path):
+    _chaos_patient(tmp_path / "MR", "7", same_names=False)
+    with pytest.raises(VolumeError, match="CHAOS_7_T2SPIR: the ground-truth PNGs .* cannot be proven"):
+        chaos_sources(tmp_path / "MR", "T2-SPIR")[0].load()
+
+
+def _chaos_t1_dual(root, patient, rows=20, cols=24, slices=5):
+    """The release's T1 DUAL layout: both echoes at the same positions, InPhase files named with even numbers from
+    the top slice down, OutPhase files with odd numbers whose InstanceNumbers run the other way, and the Ground PNGs
+    named after the InPhase files only."""
+    grey = (0, 63, 126, 189, 252)
+    truth = np.zeros((rows, cols, slices), np.uint8)
+    for z in range(slices):
+        truth[2 + z:8, 3:10, z] = 1
+        truth[12:16, 2 + z:6 + z, z] = 2
+        truth[2:5, 18:22, z] = 4 if z % 2 else 0
+    folder = root / patient / "T1DUAL"
+    for i in range(slices):
+        z = slices - 1 - i  # in-phase file i holds the slice i from the top
+        position = (-50.0, -40.0, 8.0 * z)
+        in_name, out_name = f"IMG-0004-{2 * i + 2:05d}", f"IMG-0004-{2 * i + 1:05d}"
+        _write_dicom(folder / "DICOM_anon/InPhase" / f"{in_name}.dcm", 100 + 10 * truth[:, :, z], position, i + 1)
+        _write_dicom(folder / "DICOM_anon/OutPhase" / f"{out_name}.dcm", 50 + 10 * truth[:, :, z], position, z + 1)
+        write_gray(folder / "Ground" / f"{in_name}.png", np.array(grey, np.uint8)[truth[:, :, z]])
+    return truth
+
+
+@pytest.mark.parametrize("sequence", ["T1-InPhase", "T1-OutPhase"])
+def test_chaos_t1_dual_labels_land_on_their_own_slices_in_both_echoes(tmp_path, sequence):
+    truth = _chaos_t1_dual(tmp_path / "MR", "3")
+    volume = chaos_sources(tmp_path / "MR", sequence)[0].load()
+    np.testing.assert_array_equal(volume.labels, truth.transpose(1, 0, 2))
+    base = 100 if sequence == "T1-InPhase" else 50
+    np.testing.assert_allclose(volume.image, (base + 10 * truth).transpose(1, 0, 2).astype(np.float32))
+
+
+def test_chaos_out_phase_slice_without_an_in_phase_partner_is_refused(tmp_path):
+    _chaos_t1_dual(tmp_path / "MR", "3")
+    for path in (tmp_path / "MR/3/T1DUAL/DICOM_anon/OutPhase").glob("*.dcm"):  # half a slice off its partner
+        header = pydicom.dcmread(path)
+        header.ImagePositionPatient = [*header.ImagePositionPatient[:2], float(header.ImagePositionPatient[2]) + 4.0]
+        header.save_as(path)
+    with pytest.raises(VolumeError, match="CHAOS_3_T1OutPhase: OutPhase slice .* has 0 InPhase slices"):
+        chaos_sources(tmp_path / "MR", "T1-OutPhase")[0].load()
 
 
 def test_grey_levels_map_to_bands():

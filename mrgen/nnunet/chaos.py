@@ -10,8 +10,10 @@ Layout (per patient folder under the root, e.g. ``CHAOS_Train_Sets/Train_Sets/MR
 
 Ground-truth PNGs store organs as grey levels 63/126/189/252 (liver, right kidney, left kidney, spleen);
 the bands 55-70, 110-135, 175-200 and 240-255 are accepted, anything else non-zero is counted and dropped.
-Each PNG belongs to the DICOM file of the same name when the names match; otherwise the PNGs, in natural
-name order, are paired with the DICOM slices in ``InstanceNumber`` order (the release's file order).
+Each PNG belongs to the DICOM file of the same name. The T1 DUAL PNGs carry the InPhase DICOM names only, so an
+OutPhase slice takes the PNG of the InPhase slice at its position (``ImagePositionPatient``, both echoes of a
+dual-echo acquisition share the slice positions). A pairing that cannot be proven so is refused, naming the case:
+pairing by file order put most OutPhase labels on the wrong slice of the release.
 Slices end up ordered along the slice normal (``dicom.read_dicom_series``), labels with them.
 """
 
@@ -25,7 +27,7 @@ from typing import Sequence
 import numpy as np
 
 from mrgen.io.images import read_gray
-from mrgen.nnunet.dicom import read_dicom_series
+from mrgen.nnunet.dicom import DicomSeries, read_dicom_series
 from mrgen.nnunet.volumes import Volume, VolumeError, VolumeSource, unique_case_ids
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,7 @@ def read_chaos_case(dicom_dir: Path, ground_dir: Path, case_id: str, modality: s
     series = read_dicom_series(dicom_dir)
     labels = None
     if ground_dir.is_dir():
-        pngs = _ground_for_slices(series.files, series.instance_numbers, ground_dir)
+        pngs = _ground_for_slices(series, ground_dir, case_id)
         shape = series.volume.shape[:2][::-1]
         slices = []
         for png in pngs:
@@ -99,22 +101,39 @@ def read_chaos_case(dicom_dir: Path, ground_dir: Path, case_id: str, modality: s
                   source_label=str(ground_dir) if labels is not None else None)
 
 
-def _ground_for_slices(files: list[Path], instance_numbers: list[int | None], ground_dir: Path) -> list[Path]:
-    pngs = sorted(ground_dir.glob("*.png"), key=lambda p: _natural_key(p.name))
-    by_stem = {p.stem: p for p in pngs}
-    if all(f.stem in by_stem for f in files):
-        return [by_stem[f.stem] for f in files]
-    if len(pngs) != len(files):
-        raise VolumeError(f"{ground_dir}: {len(pngs)} ground-truth PNGs for {len(files)} DICOM slices in "
-                          f"{files[0].parent}; they must match one to one")
-    if any(n is None for n in instance_numbers):
-        raise VolumeError(f"{files[0].parent}: PNG names do not match the DICOM names and some slices lack "
-                          f"InstanceNumber, so slices and labels cannot be paired")
-    by_instance = sorted(range(len(files)), key=lambda i: instance_numbers[i])
-    paired: list[Path | None] = [None] * len(files)
-    for png, slice_position in zip(pngs, by_instance):
-        paired[slice_position] = png
-    return paired  # type: ignore[return-value]
+def _ground_for_slices(series: DicomSeries, ground_dir: Path, case_id: str) -> list[Path]:
+    """The ground-truth PNG of each slice of ``series`` (volume order)."""
+    by_stem = {p.stem: p for p in ground_dir.glob("*.png")}
+    if all(f.stem in by_stem for f in series.files):
+        return [by_stem[f.stem] for f in series.files]
+    folder = series.files[0].parent
+    in_phase = folder.parent / "InPhase"
+    if folder.name == "OutPhase" and in_phase.is_dir():
+        return _ground_through_in_phase(series, read_dicom_series(in_phase), by_stem, case_id)
+    raise VolumeError(f"{case_id}: the ground-truth PNGs in {ground_dir} are not named after the DICOM files in "
+                      f"{folder} (CHAOS names each PNG after its slice, e.g. IMG-0004-00002.png for "
+                      f"IMG-0004-00002.dcm), so which label belongs to which slice cannot be proven; rename them so")
+
+
+def _ground_through_in_phase(out_phase: DicomSeries, in_phase: DicomSeries, by_stem: dict[str, Path],
+                             case_id: str) -> list[Path]:
+    """T1 DUAL OutPhase: each slice takes the PNG of the InPhase slice at the same position."""
+    unnamed = [f.name for f in in_phase.files if f.stem not in by_stem]
+    if unnamed:
+        raise VolumeError(f"{case_id}: no ground-truth PNG named after the InPhase slices {unnamed[:3]}, so the "
+                          f"OutPhase labels cannot be paired through them")
+    gaps = np.linalg.norm(np.diff(in_phase.positions, axis=0), axis=1)
+    tolerance = 0.25 * float(gaps.min()) if len(gaps) else 1e-3
+    paired = []
+    for file, position in zip(out_phase.files, out_phase.positions):
+        distances = np.linalg.norm(in_phase.positions - position, axis=1)
+        matches = np.flatnonzero(distances <= tolerance)
+        if len(matches) != 1:
+            raise VolumeError(f"{case_id}: OutPhase slice {file.name} at {np.round(position, 2).tolist()} mm has "
+                              f"{len(matches)} InPhase slices at its position (within {tolerance:.2f} mm), so its "
+                              f"label cannot be proven; the two echoes must share their slice positions")
+        paired.append(by_stem[in_phase.files[int(matches[0])].stem])
+    return paired
 
 
 def _natural_key(name: str) -> list:

@@ -32,7 +32,7 @@ class DicomSeries:
     volume: np.ndarray        # (columns, rows, slices), float32, rescaled
     affine: np.ndarray        # voxel -> RAS+ mm
     files: list[Path]         # one per slice, in volume order
-    instance_numbers: list[int | None]
+    positions: np.ndarray     # (slices, 3) ImagePositionPatient in mm (DICOM's LPS), in volume order
 
 
 def read_dicom_series(folder: str | Path) -> DicomSeries:
@@ -59,8 +59,7 @@ def read_dicom_series(folder: str | Path) -> DicomSeries:
     lps[:3, 1] = col_dir * row_spacing
     lps[:3, 2] = step
     lps[:3, 3] = positions[0]
-    instance_numbers = [int(h.InstanceNumber) if "InstanceNumber" in h else None for h in headers]
-    return DicomSeries(volume, LPS_TO_RAS @ lps, files, instance_numbers)
+    return DicomSeries(volume, LPS_TO_RAS @ lps, files, positions)
 
 
 def _read(path: Path) -> pydicom.Dataset:
