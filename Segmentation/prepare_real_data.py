@@ -1,7 +1,7 @@
 """Real 3D volumes with organ labels -> a 2D slice nnU-Net raw dataset (train or test split).
 
 Inputs (one of): --jsonl (SAT-style volume list, e.g. our simulated dataset's volumes_T2-SPIR_test.jsonl),
---image_dir [--label_dir] (NIfTI pairs), --msd_dir --channel (MSD task), --chaos_root --sequence (CHAOS MR).
+--image_dir [--label_dir] (NIfTI pairs), --msd_dir --channel (MSD task), --chaos_root --sequence (CHAOS MR), --promise12_dir (PROMISE12 .mhd).
 Writes images<Tr|Ts>, labels<Tr|Ts>, geometry<Tr|Ts> (one sidecar per case, used by evaluate_nib.py),
 conditional<Tr|Ts> (a conditional-dataset index of the same slices) and dataset.json. Example:
     python Segmentation/prepare_real_data.py --jsonl phantom/volumes_T2-SPIR_test.jsonl --split test \\
@@ -35,6 +35,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                                      "(with --image_dir)")
     source.add_argument("--msd_dir", type=Path, help="a Medical Segmentation Decathlon task folder")
     source.add_argument("--chaos_root", type=Path, help="CHAOS MR folder holding the numbered patient folders")
+    source.add_argument("--promise12_dir", type=Path, nargs="+", help="PROMISE12 folders of CaseNN.mhd volumes "
+                        "(e.g. TrainingData_Part1 TrainingData_Part2 TrainingData_Part3)")
     source.add_argument("--sequence", choices=sorted(SEQUENCES), help="CHAOS sequence")
     source.add_argument("--channel", type=int, help="channel of 4D images (MSD prostate: 0 T2, 1 ADC)")
     source.add_argument("--cases", nargs="+", default=[], help="only these case or patient ids")
@@ -71,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     inputs = VolumeInputs(jsonl=args.jsonl, image_dir=args.image_dir, label_dir=args.label_dir,
                           label_names=args.label_names, msd_dir=args.msd_dir, chaos_root=args.chaos_root,
+                          promise12_dir=args.promise12_dir or (),
                           sequence=args.sequence, channel=args.channel, cases=args.cases, modality=args.modality)
     try:
         options = RealDataOptions(

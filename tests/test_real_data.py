@@ -217,6 +217,51 @@ def test_chaos_out_phase_slice_without_an_in_phase_partner_is_refused(tmp_path):
         chaos_sources(tmp_path / "MR", "T1-OutPhase")[0].load()
 
 
+def _promise12_case(folder, name, labels=True):
+    """A MetaImage case as the release writes it: (z, y, x) data, LPS geometry, a flipped row axis."""
+    import SimpleITK as sitk
+
+    image, label = _labelled_volume((20, 24, 6))  # (x, y, z)
+    label = (label > 0).astype(np.uint8)
+    folder.mkdir(parents=True, exist_ok=True)
+    for array, stem in ((image, name), *(((label, f"{name}_segmentation"),) if labels else ())):
+        itk = sitk.GetImageFromArray(array.transpose(2, 1, 0))
+        itk.SetSpacing((0.625, 0.625, 3.6))
+        itk.SetOrigin((-40.0, 30.0, -20.0))
+        itk.SetDirection((1, 0, 0, 0, -1, 0, 0, 0, 1))
+        sitk.WriteImage(itk, str(folder / f"{stem}.mhd"))
+    return image, label
+
+
+def test_promise12_metaimage_layout_converts_with_its_geometry(tmp_path):
+    image, label = _promise12_case(tmp_path / "TrainingData_Part1", "Case00")
+    _promise12_case(tmp_path / "TrainingData_Part2", "Case01", labels=False)
+    sources = VolumeInputs(promise12_dir=[tmp_path / "TrainingData_Part1", tmp_path / "TrainingData_Part2"]).sources()
+    assert [s.case_id for s in sources] == ["Case00", "Case01"]
+    volume = sources[0].load()
+    np.testing.assert_allclose(volume.image, image)
+    np.testing.assert_array_equal(volume.labels, label)
+    assert volume.label_names == ["prostate"] and sources[1].load().labels is None
+    # LPS origin (-40, 30, -20), rows running to -y (anterior in LPS): in RAS x and y change sign
+    np.testing.assert_allclose(volume.affine @ [1, 1, 1, 1], [40.0 - 0.625, -30.0 + 0.625, -20.0 + 3.6, 1.0])
+
+    report = convert_real_volumes(sources[:1], tmp_path / "raw", RealDataOptions(9, "P12", "test", size=32))
+    geometry = SliceGeometry.load(report.dataset_dir / "geometryTs" / "Case00.json")
+    assert geometry.in_plane_spacing_mm == pytest.approx([0.625, 0.625]) and geometry.slice_spacing_mm == pytest.approx(3.6)
+    np.testing.assert_array_equal(slices_to_volume(_slices(report.dataset_dir, "Ts", geometry), geometry), label)
+
+
+def test_promise12_label_off_its_image_grid_is_refused(tmp_path):
+    import SimpleITK as sitk
+
+    _promise12_case(tmp_path, "Case00")
+    label = sitk.ReadImage(str(tmp_path / "Case00_segmentation.mhd"))
+    label.SetSpacing((0.7, 0.7, 3.6))
+    sitk.WriteImage(label, str(tmp_path / "Case00_segmentation.mhd"))
+    with pytest.raises(VolumeError, match="Case00_segmentation.mhd: shape .* or geometry differs"):
+        VolumeInputs(promise12_dir=[tmp_path]).sources()[0].load()
+
+
 def test_grey_levels_map_to_bands():
     grey = np.array([[0, 55, 70, 71], [110, 135, 175, 200], [240, 255, 100, 63]], np.uint8)
     np.testing.assert_array_equal(grey_to_labels(grey), [[0, 1, 1, 0], [2, 2, 3, 3], [4, 4, 0, 1]])

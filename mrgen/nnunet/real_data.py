@@ -38,6 +38,7 @@ from mrgen.nnunet.geometry import (
     view_slice,
 )
 from mrgen.nnunet.labels import ExportLabels
+from mrgen.nnunet.promise12 import promise12_sources
 from mrgen.nnunet.raw_dataset import FileFormat, SplitFolders, slice_affine, write_dataset_json
 from mrgen.nnunet.volumes import (
     Volume,
@@ -243,7 +244,7 @@ def _attributes(key: str) -> str:
 
 @dataclass
 class VolumeInputs:
-    """Where the volumes come from: exactly one of the four kinds."""
+    """Where the volumes come from: exactly one of the five kinds."""
 
     jsonl: Sequence[Path] = ()
     image_dir: Path | None = None
@@ -251,15 +252,17 @@ class VolumeInputs:
     label_names: Sequence[str] = ()
     msd_dir: Path | None = None
     chaos_root: Path | None = None
+    promise12_dir: Sequence[Path] = ()
     sequence: str | None = None
     channel: int | None = None
     cases: Sequence[str] = ()
     modality: str | None = None
 
     def sources(self) -> list[VolumeSource]:
-        given = [bool(self.jsonl), self.image_dir is not None, self.msd_dir is not None, self.chaos_root is not None]
+        given = [bool(self.jsonl), self.image_dir is not None, self.msd_dir is not None, self.chaos_root is not None,
+                 bool(self.promise12_dir)]
         if sum(given) != 1:
-            raise VolumeError("give exactly one input: --jsonl, --image_dir, --msd_dir or --chaos_root")
+            raise VolumeError("give exactly one input: --jsonl, --image_dir, --msd_dir, --chaos_root or --promise12_dir")
         if self.jsonl:
             sources = sources_from_jsonl(self.jsonl, self.channel)
         elif self.image_dir is not None:
@@ -271,6 +274,8 @@ class VolumeInputs:
             if self.channel is None:
                 raise VolumeError("--msd_dir needs --channel (MSD images are 4D, e.g. prostate: 0 = T2, 1 = ADC)")
             sources = sources_from_msd(self.msd_dir, self.channel, self.modality)
+        elif self.promise12_dir:
+            sources = promise12_sources(self.promise12_dir, self.modality)
         else:
             if self.sequence is None:
                 raise VolumeError(f"--chaos_root needs --sequence ({', '.join(SEQUENCES)})")
