@@ -1,7 +1,7 @@
 """Real 3D volumes with organ labels -> a 2D slice nnU-Net raw dataset (train or test split).
 
 Inputs (one of): --jsonl (SAT-style volume list, e.g. our simulated dataset's volumes_T2-SPIR_test.jsonl),
---image_dir [--label_dir] (NIfTI pairs), --msd_dir --channel (MSD task), --chaos_root --sequence (CHAOS MR), --promise12_dir (PROMISE12 .mhd).
+--image_dir [--label_dir] (NIfTI pairs), --msd_dir [--channel] (MSD task, AMOS22), --chaos_root --sequence (CHAOS MR), --promise12_dir (PROMISE12 .mhd).
 Writes images<Tr|Ts>, labels<Tr|Ts>, geometry<Tr|Ts> (one sidecar per case, used by evaluate_nib.py),
 conditional<Tr|Ts> (a conditional-dataset index of the same slices) and dataset.json. Example:
     python Segmentation/prepare_real_data.py --jsonl phantom/volumes_T2-SPIR_test.jsonl --split test \\
@@ -33,7 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     source.add_argument("--label_dir", type=Path, help="NIfTI labels named X.nii.gz")
     source.add_argument("--label_names", nargs="+", default=[], help="organ names of label values 1, 2, ... "
                                                                      "(with --image_dir)")
-    source.add_argument("--msd_dir", type=Path, help="a Medical Segmentation Decathlon task folder")
+    source.add_argument("--msd_dir", type=Path, help="a folder with an MSD-style dataset.json: a Medical Segmentation "
+                        "Decathlon task (4D prostate: add --channel) or AMOS22")
     source.add_argument("--chaos_root", type=Path, help="CHAOS MR folder holding the numbered patient folders")
     source.add_argument("--promise12_dir", type=Path, nargs="+", help="PROMISE12 folders of CaseNN.mhd volumes "
                         "(e.g. TrainingData_Part1 TrainingData_Part2 TrainingData_Part3)")

@@ -328,6 +328,28 @@ def test_evaluation_names_case_and_counts_on_mismatch(tmp_path):
                         EvaluationOptions())
 
 
+def test_amos22_release_reads_through_its_dataset_json_and_picks_the_mr_cases(tmp_path):
+    names = ["spleen", "right kidney", "left kidney", "gall bladder", "esophagus", "liver"]
+    root = tmp_path / "amos22"
+    training = []
+    for number, seed in ((1, 0), (507, 1)):  # AMOS numbers its MR cases from 500
+        image, labels = _labelled_volume((23, 37, 9), seed)
+        labels[labels == 4] = 6  # the spleen stand-in becomes the liver, label 6
+        case = f"amos_{number:04d}"
+        for folder, data in (("imagesTr", image), ("labelsTr", labels)):
+            (root / folder).mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(data, OBLIQUE), root / folder / f"{case}.nii.gz")
+        training.append({"image": f"./imagesTr/{case}.nii.gz", "label": f"./labelsTr/{case}.nii.gz"})
+    (root / "dataset.json").write_text(json.dumps({
+        "name": "AMOS", "labels": {str(i): name for i, name in enumerate(["background", *names])}, "training": training}))
+    (mr,) = VolumeInputs(msd_dir=root, cases=["amos_0507"], modality="T2 Abdomen MRI").sources()
+    volume = mr.load()
+    assert volume.case_id == "amos_0507" and volume.label_names == names and volume.dataset == "AMOS"
+    liver = volume.label_map(ExportLabels(("liver",), "t"))
+    np.testing.assert_array_equal(liver, (_labelled_volume((23, 37, 9), 1)[1] == 4).astype(np.uint8))
+    np.testing.assert_allclose(volume.affine, OBLIQUE)
+
+
 def test_msd_task_and_nnunet_style_folders(tmp_path):
     image, labels = _labelled_volume((23, 37, 9))
     labels = np.minimum(labels, 2)  # MSD prostate: 1 PZ, 2 TZ
@@ -343,8 +365,8 @@ def test_msd_task_and_nnunet_style_folders(tmp_path):
     adc = VolumeInputs(msd_dir=task, channel=1).sources()[0].load()
     assert adc.case_id == "prostate_00_ch1" and adc.label_names == ["PZ", "TZ"]
     np.testing.assert_array_equal(adc.image, -image)
-    with pytest.raises(VolumeError, match="--channel"):
-        VolumeInputs(msd_dir=task).sources()
+    with pytest.raises(VolumeError, match="pick a channel"):
+        VolumeInputs(msd_dir=task).sources()[0].load()
 
     nnunet_style = VolumeInputs(image_dir=task / "imagesTr", label_dir=task / "labelsTr", label_names=["PZ", "TZ"],
                                 channel=0).sources()

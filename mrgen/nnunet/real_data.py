@@ -271,8 +271,6 @@ class VolumeInputs:
             sources = sources_from_folder(self.image_dir, self.label_dir, self.label_names, self.channel,
                                           self.modality)
         elif self.msd_dir is not None:
-            if self.channel is None:
-                raise VolumeError("--msd_dir needs --channel (MSD images are 4D, e.g. prostate: 0 = T2, 1 = ADC)")
             sources = sources_from_msd(self.msd_dir, self.channel, self.modality)
         elif self.promise12_dir:
             sources = promise12_sources(self.promise12_dir, self.modality)

@@ -7,7 +7,7 @@ Supported inputs:
   ``dataset``, ``patient_id``; relative paths resolve against the JSONL file's folder;
 - NIfTI image/label pairs found in folders (``X_image.nii.gz``/``X_label.nii.gz`` side by side, or
   ``imagesTr/X_0000.nii.gz`` + ``labelsTr/X.nii.gz``);
-- an MSD task folder (``dataset.json``, 4D images, one channel picked);
+- a folder with an MSD-style ``dataset.json``: the Decathlon tasks (4D images: one channel picked) and AMOS22;
 - the CHAOS MR release (DICOM series + PNG ground truth, see ``chaos``).
 
 Label files are either an integer map (value ``i + 1`` is ``label[i]``) or multi-channel binary with the
@@ -219,8 +219,10 @@ def sources_from_folder(image_dir: str | Path, label_dir: str | Path | None, lab
     return unique_case_ids(sources)
 
 
-def sources_from_msd(task_dir: str | Path, channel: int, modality: str | None = None) -> list[VolumeSource]:
-    """The training cases of an MSD task folder; label names from its ``dataset.json``."""
+def sources_from_msd(task_dir: str | Path, channel: int | None, modality: str | None = None) -> list[VolumeSource]:
+    """The training cases of a folder described by an MSD-style ``dataset.json`` (``labels``, ``training``): the
+    Decathlon tasks (4D prostate: pick a ``channel``; 3D liver) and AMOS22, whose release uses the same file;
+    label names from its ``labels``."""
     task_dir = Path(task_dir)
     meta_path = task_dir / "dataset.json"
     if not meta_path.is_file():
@@ -234,7 +236,7 @@ def sources_from_msd(task_dir: str | Path, channel: int, modality: str | None = 
     for item in meta.get("training", []):
         image = _resolve(task_dir, item["image"], str(meta_path))
         label = _resolve(task_dir, item["label"], str(meta_path))
-        case_id = f"{strip_nifti_suffix(image.name)}_ch{channel}"
+        case_id = strip_nifti_suffix(image.name) + ("" if channel is None else f"_ch{channel}")
 
         def load(image=image, label=label, case_id=case_id) -> Volume:
             return read_nifti_volume(image, label, case_id, names, channel, modality=modality,
