@@ -11,10 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 
+from mrgen.cli import exit_on_user_error
 from mrgen.config import ORIGINAL_PAIR_CONFIG
-from mrgen.synthesis.parts import PartsError
 from mrgen.synthesis.run import SynthesisOptions, synthesize
 
 
@@ -74,11 +73,7 @@ def parse_args(argv: list[str] | None = None) -> SynthesisOptions:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = parse_args(argv)
-    try:
-        summary = synthesize(options)
-    except (PartsError, FileNotFoundError) as err:  # what the user must fix: the message says what, no traceback
-        sys.exit(f"error: {err}")
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(exit_on_user_error(lambda: synthesize(options)), indent=2))
 
 
 if __name__ == "__main__":

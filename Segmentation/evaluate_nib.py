@@ -21,13 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from mrgen.evaluation.seg_metrics import EMPTY_POLICIES  # noqa: E402
 from mrgen.evaluation.volume_eval import (  # noqa: E402
-    EvaluationInputError,
     EvaluationOptions,
     EvaluationPaths,
     evaluate_dataset,
     format_table,
 )
-from mrgen.nnunet import USER_ERRORS  # noqa: E402
+from mrgen.cli import USER_ERRORS  # noqa: E402
 from mrgen.nnunet.env import find_dataset, raw_root  # noqa: E402
 from mrgen.nnunet.labels import DATASET2LABEL, evaluation_labels  # noqa: E402
 
@@ -68,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             evaluation_labels(args.source_dataset) if args.source_dataset else None,
             options,
         )
-    except (*USER_ERRORS, EvaluationInputError) as err:
+    except USER_ERRORS as err:
         logging.error("%s", err)
         return 2
     print(format_table(summary))

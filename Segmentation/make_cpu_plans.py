@@ -20,8 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from mrgen.cli import USER_ERRORS  # noqa: E402
 from mrgen.nnunet.env import NnUNetPathError, find_dataset  # noqa: E402
-from mrgen.nnunet.plans import PlansError, write_lean_plans  # noqa: E402
+from mrgen.nnunet.plans import write_lean_plans  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         if not root:
             raise NnUNetPathError("no preprocessed folder: pass --preprocessed DIR or set nnUNet_preprocessed")
         path = write_lean_plans(find_dataset(Path(root), args.dataset))
-    except (NnUNetPathError, PlansError) as err:
+    except USER_ERRORS as err:
         logging.error("%s", err)
         return 2
     logging.info("wrote %s; train with: nnUNetv2_train <id> 2d <fold> -p %s", path, path.stem)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from mrgen.nnunet import USER_ERRORS  # noqa: E402
+from mrgen.cli import USER_ERRORS  # noqa: E402
 from mrgen.nnunet.export import ExportOptions, export_json_files  # noqa: E402
 from mrgen.nnunet.labels import MASK2LABEL, export_labels  # noqa: E402
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from mrgen.nnunet import USER_ERRORS  # noqa: E402
+from mrgen.cli import USER_ERRORS  # noqa: E402
 from mrgen.nnunet.chaos import SEQUENCES  # noqa: E402
 from mrgen.nnunet.labels import MASK2LABEL, export_labels  # noqa: E402
 from mrgen.nnunet.real_data import DEFAULT_REGION, RealDataOptions, VolumeInputs, prepare_real_data  # noqa: E402

@@ -14,7 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mrgen.config import ConfigError, load_config  # noqa: E402
+from mrgen.cli import exit_on_user_error  # noqa: E402
+from mrgen.config import load_config  # noqa: E402
 from mrgen.pipeline.config import PipelineConfig  # noqa: E402
 from mrgen.pipeline.demo import run_pipeline  # noqa: E402
 
@@ -27,11 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("accelerate", "diffusers", "mrgen.data.phantom", "mrgen.synthesis.run"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    try:
-        config = load_config(args.config, PipelineConfig, args.overrides)
-    except ConfigError as err:
-        sys.exit(f"error: {err}")
-    print(run_pipeline(config))
+    print(exit_on_user_error(lambda: run_pipeline(load_config(args.config, PipelineConfig, args.overrides))))
 
 
 if __name__ == "__main__":

@@ -47,11 +47,8 @@ class RegistryError(ValueError):
     """A modality registry file is malformed."""
 
 
-class UnknownModalityError(KeyError):
+class UnknownModalityError(RegistryError):
     """A modality key is not in the registry."""
-
-    def __str__(self) -> str:  # KeyError would print the message with quotes around it
-        return str(self.args[0])
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ STEPS = ("plan", "train", "predict")
 _DATASET_FOLDER = re.compile(r"^Dataset(\d{3})_(.+)$")
 
 
-class NnUNetPathError(RuntimeError):
+class NnUNetPathError(FileNotFoundError):
     """An nnU-Net folder is not configured or a dataset cannot be found."""
 
 

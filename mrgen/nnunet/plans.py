@@ -36,7 +36,7 @@ LEAN_STAGES = 4
 LEAN_MAX_FEATURES = 256
 
 
-class PlansError(RuntimeError):
+class PlansError(ValueError):
     """nnU-Net's plans for a dataset are missing or not of the expected shape."""
 
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from typing import Callable, Sequence
 
-from mrgen.config import ORIGINAL_PAIR_CONFIG, ConfigError, ControlNetConfig, OrganAttentionConfig, UNetConfig, VAEConfig, load_config
-from mrgen.training.checkpoints import ResumeError
+from mrgen.cli import exit_on_user_error
+from mrgen.config import ORIGINAL_PAIR_CONFIG, ControlNetConfig, OrganAttentionConfig, UNetConfig, VAEConfig, load_config
 from mrgen.training.controlnet_stage import train_controlnet
 from mrgen.training.organ_attention_stage import train_organ_attention
 from mrgen.training.unet_stage import train_unet
@@ -52,11 +51,4 @@ def main(stage: str, argv: Sequence[str] | None = None) -> None:
                         datefmt="%H:%M:%S")
     logging.getLogger("accelerate").setLevel(logging.WARNING)  # it logs every file of every checkpoint
     schema, train, _ = STAGES[stage]
-    try:
-        config = load_config(args.config, schema, args.overrides)
-    except ConfigError as err:
-        sys.exit(f"error: {err}")
-    try:
-        train(config, resume=args.resume)
-    except (ResumeError, FileNotFoundError) as err:  # the user's --resume, or a data or model path that is not there
-        sys.exit(f"error: {err}")
+    exit_on_user_error(lambda: train(load_config(args.config, schema, args.overrides), resume=args.resume))
