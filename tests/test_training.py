@@ -126,6 +126,14 @@ def test_unet_stage_with_cached_latents_and_ema(unet_pipeline: Path, vae_pipelin
     assert (run / "checkpoints" / "checkpoint-2" / "custom_checkpoint_2.pkl").is_file()  # the EMA state
 
 
+def test_the_same_command_twice_trains_the_same_weights(toy_data, unet_pipeline: Path, vae_pipeline: Path,
+                                                         tmp_path: Path) -> None:
+    again = train_unet(unet_config(tmp_path / "again", toy_data, vae_pipeline, cache_latents=True, use_ema=True))
+    weights = "unet/diffusion_pytorch_model.safetensors"
+    first, second = load_file(unet_pipeline / weights), load_file(again / weights)
+    assert all(torch.equal(first[k], second[k]) for k in first)  # latent cache, data order and noise all seeded
+
+
 def test_controlnet_stage_trains_from_the_unet(toy_data, unet_pipeline: Path, tmp_path: Path) -> None:
     config = ControlNetConfig(name="toy_cn", output_dir=str(tmp_path), seed=0, data=toy_pair(toy_data),
                               model=DiffusionModelSection(config_path=TINY, pretrained_model_path=str(unet_pipeline)),
