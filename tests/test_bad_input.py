@@ -69,6 +69,8 @@ CASES = [
     ("zero batch size", "vae", ["train.train_batch_size=0"], None, "train_batch_size must be at least 1"),
     ("missing index file", "vae", ["data.index_paths=[/nonexistent/index.json]"], None, "/nonexistent/index.json"),
     ("--resume of a missing checkpoint", "vae", ["--resume", "/nonexistent/checkpoint-5"], None, "checkpoint-5"),
+    ("a new run into another run's output folder", "vae", ["output_dir={earlier}"], None,
+     "holds the checkpoints of an earlier run (newest: checkpoint-3)"),
     ("index entry without a field", "vae", [], lambda e, r: e.pop("label"), "label"),
     ("index entry with a missing image", "vae", [], lambda e, r: e.update(image_path="gone.png"), "gone.png"),
     ("unknown modality in the index", "vae", [], lambda e, r: e.update(modality="T7 Abdomen MRI"), "T7 Abdomen MRI"),
@@ -88,7 +90,9 @@ def test_bad_training_input_is_one_message_before_any_work(kind, stage, extra, c
     if change is not None:
         edit_index(index, change)
     places = {"truncated": damaged_vae_folder(tmp_path / "t", truncate) if "{truncated}" in str(extra) else None,
-              "nan": damaged_vae_folder(tmp_path / "n", poison_with_nan) if "{nan}" in str(extra) else None}
+              "nan": damaged_vae_folder(tmp_path / "n", poison_with_nan) if "{nan}" in str(extra) else None,
+              "earlier": tmp_path / "earlier"}
+    (tmp_path / "earlier" / "checkpoints" / "checkpoint-3").mkdir(parents=True)
     extra = [a.format(**{k: v for k, v in places.items() if v is not None}) for a in extra]
     config = vae_yaml(tmp_path, index)
     with pytest.raises(SystemExit) as exit_info:
@@ -97,3 +101,4 @@ def test_bad_training_input_is_one_message_before_any_work(kind, stage, extra, c
     assert exit_info.value.code == 2 and "Traceback" not in err, err
     assert message in err, err
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before the first step
+    assert not list((tmp_path / "earlier" / "checkpoints").glob("checkpoint-[!3]*"))

@@ -53,8 +53,14 @@ class ResumeError(ValueError):
 
 
 def resolve_resume(resume: str | None, root: str | os.PathLike) -> Path | None:
-    """``latest`` -> the newest complete checkpoint (None if there is none yet); a path -> that folder."""
+    """``latest`` -> the newest complete checkpoint (None if there is none yet); a path -> that folder. Without
+    ``resume``, a folder that already holds checkpoints is refused: a new run there would mix its checkpoints with
+    the earlier run's."""
     if not resume:
+        found = list_checkpoints(root)
+        if found:
+            raise ResumeError(f"{Path(root).parent} holds the checkpoints of an earlier run (newest: {found[-1].name}): "
+                              f"continue it with --resume latest, or train into another output_dir")
         return None
     if resume == LATEST:
         found = list_checkpoints(root)
