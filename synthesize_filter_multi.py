@@ -26,7 +26,7 @@ def parse_args(argv: list[str] | None = None) -> SynthesisOptions:
                         "the original's synthesize_CHAOS_filter_multi.py)")
     p.add_argument("--modality", default=None, help="target modality: registry key or short name (T2-SPIR, T1-InPhase, ...); default: the pair's target")
     p.add_argument("--controlnet", default=None, help="ControlNet folder if not <ckpt>/controlnet (e.g. controlnet_model_zoo/<pair>)")
-    p.add_argument("--channels", type=int, default=1, help="condition channels: 1 = intensity-coded mask, K = one-hot (must match the pair config)")
+    p.add_argument("--channels", type=int, default=1, help="condition channels: 1, the intensity-coded mask (the original's flag)")
     p.add_argument("--sample_per_mask", type=int, default=2, help="samples kept per mask by the strict rule")
     p.add_argument("--num_images_per_prompt", type=int, default=10, help="candidates generated per batch")
     p.add_argument("--max_tries_per_mask", type=int, default=20, help="candidates per mask at most")

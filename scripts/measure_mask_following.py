@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,6 @@ from mrgen.io.images import read_gray  # noqa: E402
 from mrgen.models.pipeline_folder import load_pipeline_components  # noqa: E402
 from mrgen.synthesis.sampler import MaskSampler, make_mask_sampler  # noqa: E402
 from mrgen.synthesis.seeds import candidate_seed  # noqa: E402
-from mrgen.training.controlnet_stage import PAIR_FILE, load_pair  # noqa: E402
 from mrgen.viz import overlay, save_grid  # noqa: E402
 
 GRID_ROWS = 8
@@ -82,14 +80,6 @@ def pick_entries(pair: PairConfig, index: str, count: int) -> list[IndexEntry]:
     return [entries[int(i)] for i in picks]
 
 
-def trained_encoding(pair: PairConfig, args: argparse.Namespace) -> PairConfig:
-    """The pair with the mask encoding the ControlNet was trained with (its ``pair.json``), when recorded."""
-    for folder in (args.controlnet, args.ckpt):
-        if folder and (Path(folder) / PAIR_FILE).is_file():
-            return dataclasses.replace(pair, mask_encoding=load_pair(folder).mask_encoding)
-    return pair
-
-
 def make_sampler(args: argparse.Namespace, pair: PairConfig) -> MaskSampler:
     parts = load_pipeline_components(args.ckpt, controlnet_path=args.controlnet)
     return make_mask_sampler(parts, pair.organs, "dpm-solver++", args.steps, args.guidance_scale,
@@ -106,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    pair = trained_encoding(load_config(args.config, ControlNetConfig, args.set).data, args)
+    pair = load_config(args.config, ControlNetConfig, args.set).data
     index = held_out_index(pair, args)
     registry = load_registry()
     modality = args.modality or pair.target_modality

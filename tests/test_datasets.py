@@ -54,13 +54,13 @@ def test_pair_dataset_items(toy_pair):
     assert "" in dataset.prompts and target_prompt in dataset.prompts
 
 
-def test_onehot_and_organ_prompts_and_ablation(toy_pair):
+def test_organ_prompts_and_ablation(toy_pair):
     root, source, target = toy_pair
-    pair = _pair(root, source, target, mask_encoding="onehot", prompt_organs="organs", use_target_images=False)
+    pair = _pair(root, source, target, prompt_organs="organs", use_target_images=False)
     dataset = PairDataset(pair, size=16, prompt_dropout=0.0)
-    assert len(dataset) == 6 and dataset.condition_channels == 4
+    assert len(dataset) == 6 and dataset.condition_channels == 1
     item = dataset[0]
-    assert item["condition"].shape == (4, 16, 16) and torch.all(item["condition"][1] == -1)
+    assert item["condition"].shape == (1, 16, 16)
     assert item["prompt"].endswith("Upper Abdominal Region, liver, spleen")
 
 

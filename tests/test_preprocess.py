@@ -45,36 +45,27 @@ def test_intensity_encoding_matches_the_original_codes():
     masks = [np.zeros((size, size), bool) for _ in range(4)]
     for i, m in enumerate(masks):
         m[i, :] = True  # row i holds organ i
-    coded = MaskEncoding("intensity", CHAOS_WEIGHTS).encode(masks, size)
+    coded = MaskEncoding(CHAOS_WEIGHTS).encode(masks, size)
     assert coded.shape == (1, size, size)
     np.testing.assert_allclose(coded[0, :, 0], [-0.4, 0.0, -0.2, 0.2], atol=1e-6)  # liver, R kidney, L kidney, spleen
-    background = MaskEncoding("intensity", CHAOS_WEIGHTS).encode([None] * 4, size)
+    background = MaskEncoding(CHAOS_WEIGHTS).encode([None] * 4, size)
     assert np.all(background == -1.0)
 
 
-def test_onehot_encoding_and_empty():
-    masks = [np.eye(3, dtype=bool), None]
-    enc = MaskEncoding("onehot", (1.0, 1.0))
-    coded = enc.encode(masks, 3)
-    assert coded.shape == (2, 3, 3) and set(np.unique(coded)) == {-1.0, 1.0}
-    assert np.all(coded[1] == -1)
-    assert enc.empty(2, 3).shape == (2, 3, 3) and np.all(enc.empty(2, 3) == -1)
-    assert MaskEncoding("intensity", CHAOS_WEIGHTS).empty(4, 3).shape == (1, 3, 3)
+def test_empty_condition_is_one_channel_of_background():
+    assert MaskEncoding(CHAOS_WEIGHTS).empty(3).shape == (1, 3, 3) and np.all(MaskEncoding(CHAOS_WEIGHTS).empty(3) == -1)
 
 
-@pytest.mark.parametrize("kind", ["intensity", "onehot"])
-def test_decode_inverts_encode(kind):
+def test_decode_inverts_encode():
     rng = np.random.default_rng(0)
     labels = rng.integers(0, 5, (16, 16))
     masks = [labels == i + 1 for i in range(4)]
-    enc = MaskEncoding(kind, CHAOS_WEIGHTS)
+    enc = MaskEncoding(CHAOS_WEIGHTS)
     decoded = enc.decode(enc.encode(masks, 16), 4)
     for a, b in zip(masks, decoded):
         np.testing.assert_array_equal(a, b)
 
 
 def test_bad_encoding_settings_are_rejected():
-    with pytest.raises(ValueError, match="intensity"):
-        MaskEncoding("rgb")
     with pytest.raises(ValueError, match="weights"):
-        MaskEncoding("intensity", (0.3, 1.5))
+        MaskEncoding((0.3, 1.5))

@@ -181,7 +181,6 @@ class PairConfig:
     target_modality: str
     organs: list[str]
     organ_weights: list[float] = field(default_factory=list)
-    mask_encoding: str = "intensity"
     prompt_organs: str = "label"
     inference_indexes: list[str] = field(default_factory=list)
     data_root: str = "."
@@ -193,15 +192,14 @@ class PairConfig:
             raise ValueError(f"pair {self.name}: prompt_organs must be 'label' or 'organs', got {self.prompt_organs!r}")
         if not self.organs:
             raise ValueError(f"pair {self.name}: 'organs' must list at least one organ")
-        if self.mask_encoding == "intensity" and len(self.organ_weights) != len(self.organs):
+        if len(self.organ_weights) != len(self.organs):
             raise ValueError(f"pair {self.name}: {len(self.organs)} organs need {len(self.organs)} organ_weights "
-                             f"for the intensity encoding, got {self.organ_weights}")
-        _ = self.encoding  # an unknown encoding or a weight outside (0, 1] fails here, when the config is read
+                             f"(their intensity codes in the condition), got {self.organ_weights}")
+        _ = self.encoding  # a weight outside (0, 1] fails here, when the config is read
 
     @property
     def encoding(self) -> MaskEncoding:
-        weights = tuple(self.organ_weights) if self.organ_weights else (1.0,) * len(self.organs)
-        return MaskEncoding(self.mask_encoding, weights)  # type: ignore[arg-type]
+        return MaskEncoding(tuple(self.organ_weights))
 
     def resolve(self, index_path: str) -> Path:
         path = Path(index_path)
@@ -253,7 +251,7 @@ class PairDataset(Dataset):
 
     @property
     def condition_channels(self) -> int:
-        return self.pair.encoding.channels(len(self.pair.organs))
+        return self.pair.encoding.channels
 
     @property
     def prompts(self) -> list[str]:
@@ -269,7 +267,7 @@ class PairDataset(Dataset):
         is_target = i >= len(self.sources)
         entry = self.targets[i - len(self.sources)] if is_target else self.sources[i]
         if is_target:
-            condition = self.pair.encoding.empty(len(self.pair.organs), self.size)
+            condition = self.pair.encoding.empty(self.size)
         else:
             condition = load_condition(self.pair, entry, self.size)
         prompt = pair_prompt(self.pair, self.registry, entry, entry.modality)

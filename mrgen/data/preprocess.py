@@ -12,7 +12,7 @@ export cv2 bilinear. Here every stage uses the pipeline above; masks never get s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 from skimage.transform import resize
@@ -82,31 +82,20 @@ def resize_label_map(labels: np.ndarray, size: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class MaskEncoding:
-    """How per-organ masks become the ControlNet condition.
+    """How per-organ masks become the ControlNet condition: the original's single intensity-coded channel,
+    sum_i w_i * m_i in [0, 1] mapped to [-1, 1], so with the CHAOS weights background is -1, liver -0.4, right kidney
+    0, left kidney -0.2, spleen +0.2. Overlapping organs add up (clipped at 1), as in the original."""
 
-    ``intensity`` (the original): one channel, sum_i w_i * m_i in [0, 1] mapped to [-1, 1], so with the
-    CHAOS weights background is -1, liver -0.4, right kidney 0, left kidney -0.2, spleen +0.2.
-    Overlapping organs add up (clipped at 1), as in the original. ``onehot``: one channel per organ,
-    each in {-1, +1}; no aliasing, but not weight-compatible with the released 1-channel ControlNets.
-    """
-
-    kind: Literal["intensity", "onehot"] = "intensity"
     weights: tuple[float, ...] = field(default=CHAOS_WEIGHTS)
+    channels = 1  # condition channels (a class constant, not a setting)
 
     def __post_init__(self) -> None:
-        if self.kind not in ("intensity", "onehot"):
-            raise ValueError(f"mask encoding must be 'intensity' or 'onehot', got {self.kind!r}")
         if any(not 0.0 < w <= 1.0 for w in self.weights):
             raise ValueError(f"organ weights must lie in (0, 1], got {self.weights}")
 
-    def channels(self, num_organs: int) -> int:
-        return 1 if self.kind == "intensity" else num_organs
-
     def encode(self, masks: Sequence[np.ndarray | None], size: int) -> np.ndarray:
-        """Per-organ binary masks (None or all-zero = absent) -> float32 (C, size, size) in [-1, 1]."""
+        """Per-organ binary masks (None or all-zero = absent) -> float32 (1, size, size) in [-1, 1]."""
         binary = [np.zeros((size, size), bool) if m is None else np.asarray(m, bool) for m in masks]
-        if self.kind == "onehot":
-            return np.stack([b.astype(np.float32) * 2.0 - 1.0 for b in binary])
         if len(self.weights) < len(binary):
             raise ValueError(f"{len(binary)} organ masks but only {len(self.weights)} intensity weights")
         coded = np.zeros((size, size), np.float32)
@@ -114,16 +103,13 @@ class MaskEncoding:
             coded += np.float32(w) * b
         return (np.clip(coded, 0.0, 1.0) * 2.0 - 1.0)[None]
 
-    def empty(self, num_organs: int, size: int) -> np.ndarray:
-        """The condition of an unannotated (target-modality) slice: every channel -1."""
-        return -np.ones((self.channels(num_organs), size, size), np.float32)
+    def empty(self, size: int) -> np.ndarray:
+        """The condition of an unannotated (target-modality) slice: -1 everywhere."""
+        return -np.ones((self.channels, size, size), np.float32)
 
     def decode(self, condition: np.ndarray, num_organs: int) -> list[np.ndarray]:
-        """Per-organ boolean masks back from an encoding (intensity codes must be distinct sums)."""
-        condition = np.asarray(condition)
-        if self.kind == "onehot":
-            return [condition[i] > 0 for i in range(num_organs)]
-        unit = (condition[0] + 1.0) / 2.0
+        """Per-organ boolean masks back from an encoding (the codes must be distinct sums)."""
+        unit = (np.asarray(condition)[0] + 1.0) / 2.0
         half_gap = min(self._min_gap(num_organs), 1.0) / 2.0
         return [np.abs(unit - w) < half_gap for w in self.weights[:num_organs]]
 

@@ -396,13 +396,12 @@ def prepare_run(options: SynthesisOptions, pair: PairConfig, processes: int) -> 
     registry = load_registry()
     modality = target_modality(options, pair)
     registry.attributes(modality)
-    channels = pair.encoding.channels(len(pair.organs))
+    channels = pair.encoding.channels
     if "controlnet" in folders:
         controlnet_channels = read_json(folders["controlnet"] / "config.json").get("conditioning_channels")
         if channels != options.channels or channels != controlnet_channels:
-            raise ValueError(f"--channels {options.channels}, the pair's {pair.mask_encoding} encoding of {len(pair.organs)} "
-                             f"organs ({channels} channel(s)) and the ControlNet's conditioning_channels "
-                             f"({controlnet_channels}) must agree")
+            raise ValueError(f"--channels {options.channels}, the intensity-coded mask ({channels} channel) and the "
+                             f"ControlNet's conditioning_channels ({controlnet_channels}) must agree")
     if options.filter == "sam2":
         build_filter(options, torch.device("cpu"))  # a missing checkpoint fails here, before any generation
     entries = inference_entries(pair)

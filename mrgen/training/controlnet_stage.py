@@ -16,7 +16,6 @@ it places.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from accelerate import Accelerator
 from diffusers import ControlNetModel, UNet2DConditionModel
 
 from mrgen.config import ControlNetConfig
-from mrgen.data.datasets import PairConfig, PairDataset
+from mrgen.data.datasets import PairDataset
 from mrgen.data.preprocess import signed_to_uint8
 from mrgen.data.prompts import EMPTY_PROMPT
 from mrgen.filtering.mask_following import derangement, mask_following
@@ -175,8 +174,7 @@ class ControlNetStage:
             controlnet = controlnet_from_unet(unet, condition_channels, embedding)
         if controlnet.config.conditioning_channels != condition_channels:
             raise ValueError(f"the ControlNet takes {controlnet.config.conditioning_channels} condition channels but "
-                             f"mask_encoding {self.pair.mask_encoding!r} of {len(self.pair.organs)} organs gives "
-                             f"{condition_channels}")
+                             f"the intensity-coded mask has {condition_channels}")
         embedding_factor = 2 ** (len(controlnet.config.conditioning_embedding_out_channels) - 1)
         if embedding_factor != vae_scale_factor(self.vae.config):
             raise ValueError(f"the ControlNet's conditioning embedding downsamples {embedding_factor}x but the VAE "
@@ -267,10 +265,6 @@ class ControlNetStage:
         write_text_encoder(folder, self.text_spec)
         atomic_write_json(folder / PAIR_FILE, dataclasses.asdict(self.pair))
 
-
-def load_pair(folder: str | Path) -> PairConfig:
-    """The source/target pair a ControlNet pipeline folder was trained on (for synthesis)."""
-    return PairConfig(**json.loads((Path(folder) / PAIR_FILE).read_text(encoding="utf-8")))
 
 
 def train_controlnet(config: ControlNetConfig, resume: str | None = None) -> Path:
