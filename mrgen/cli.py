@@ -22,5 +22,6 @@ def exit_on_user_error(run: Callable[[], T]) -> T:
     except USER_ERRORS as err:
         if os.environ.get("MRGEN_TRACEBACK"):
             raise
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err}\n(if this looks like a bug rather than your input: MRGEN_TRACEBACK=1 shows where it was "
+              f"raised)", file=sys.stderr)
         sys.exit(2)

@@ -93,7 +93,7 @@ def stage_rows(args: argparse.Namespace) -> list[dict]:
 def harness_config(work: Path, steps: int):
     from mrgen.config import UNetConfig, load_config
 
-    overrides = [f"output_dir={work / 'harness'}", "model.pretrained_model_path=zoo/phantom",
+    overrides = [f"output_dir={work / 'harness'}", f"model.pretrained_model_path={REPO / 'zoo/phantom'}",
                  f"data.index_paths=[{work / 'data' / 'image_text_train.json'}]",
                  f"data.test_index_paths=[{work / 'data' / 'image_text_test.json'}]",
                  f"train.train_batch_size={HARNESS_BATCH}", f"train.max_train_steps={steps}", "train.use_ema=false",
@@ -103,31 +103,38 @@ def harness_config(work: Path, steps: int):
 
 
 def harness_seconds_per_step(config, warmup: int) -> float:
-    """Our harness: seconds per step between step ``warmup`` and the last, from the steps/s it logs (cumulative
-    since the loop started, so the time at step k is k / rate_k)."""
+    """Our harness: seconds per step between step ``warmup`` and the last, from the steps/s it logs every step
+    (cumulative since the loop started, so the time at step k is k / rate_k)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from mrgen.training.unet_stage import train_unet
 
+    reset_accelerate()
     train_unet(config)
-    events = EventAccumulator(str(Path(config.output_dir) / "logs"))
+    events = EventAccumulator(str(Path(config.output_dir) / "logs" / config.name))  # accelerate's tracker folder
     events.Reload()
-    (tag,) = [t for t in events.Tags()["scalars"] if t.endswith("train/steps_per_s")]
-    rate = {e.step: e.value for e in events.Scalars(tag)}
+    rate = {e.step: e.value for e in events.Scalars("train/steps_per_s")}
     last = max(rate)
-    return (last / rate[last] - warmup / rate[warmup]) / (last - warmup)
+    at_warmup = warmup / rate[warmup] if warmup else 0.0
+    return (last / rate[last] - at_warmup) / (last - warmup)
+
+
+def reset_accelerate() -> None:
+    """Each run in this process builds its own Accelerator; accelerate keeps singletons between them."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
 
 
 def plain_seconds_per_step(config, warmup: int) -> float:
     """The same stage's data, model and loss in a hand-written accelerate loop."""
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import set_seed
 
     from mrgen.training.unet_stage import UNetStage
 
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate()
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(config.seed)
     stage = UNetStage(config, accelerator, Path(config.output_dir))
@@ -159,6 +166,7 @@ def harness_ratio(steps: int, warmup: int) -> None:
         work = Path(folder)
         generate_phantom_dataset(work / "data", cases=4, seed=0, size=64)
         config = harness_config(work, warmup + steps)
+        plain_seconds_per_step(config, warmup)  # a first pass, not counted: both measured loops find warm caches
         plain = plain_seconds_per_step(config, warmup)
         harness = harness_seconds_per_step(config, warmup)
     print(f"\ntiny UNet stage, batch {HARNESS_BATCH}, {steps} timed steps after {warmup}, "

@@ -35,10 +35,10 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
 POLL_S = 0.05
 
 
-def synthesis_command(pair: Path, log_dir: Path) -> list[str]:
+def synthesis_command(pair: Path, log_dir: Path, masks: int) -> list[str]:
     return [sys.executable, str(REPO / "synthesize_filter_multi.py"), "--config", str(pair), "--ckpt",
             str(REPO / "zoo/phantom"), "--controlnet", str(REPO / "zoo/phantom/controlnet_T1-InPhase_to_T2-SPIR"),
-            "--log_dir", str(log_dir), "--max_masks", "6", "--max_tries_per_mask", "4", "--num_images_per_prompt", "2",
+            "--log_dir", str(log_dir), "--max_masks", str(masks), "--max_tries_per_mask", "4", "--num_images_per_prompt", "2",
             "--scheduler", "dpm-solver++", "--steps", "10", "--num_gpus", "1"]
 
 
@@ -57,40 +57,58 @@ def newest_checkpoint(run: Path) -> int:
 
 def kill_after_progress(command: list[str], progress: Callable[[], int], rng: random.Random, max_delay_s: float,
                         timeout_s: float = 600) -> bool:
-    """Start ``command``; once ``progress()`` rises, wait a random moment and SIGKILL it. False if it finished first."""
-    process = subprocess.Popen(command, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """Start ``command``; once ``progress()`` rises, wait a random moment and SIGKILL it. False if it finished first;
+    an error if it failed or made no progress."""
+    process = subprocess.Popen(command, env=ENV, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     start, deadline = progress(), time.monotonic() + timeout_s
-    while process.poll() is None and progress() <= start and time.monotonic() < deadline:
+    while process.poll() is None and progress() <= start:
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"no progress in {timeout_s:.0f} s: {' '.join(command)}")
         time.sleep(POLL_S)
     time.sleep(rng.uniform(0, max_delay_s))
     if process.poll() is not None:
+        if process.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} failed:\n{process.stderr.read().decode()[-3000:]}")
         return False
     process.send_signal(signal.SIGKILL)
     process.wait()
     return True
 
 
-def run_to_end(command: list[str]) -> None:
-    done = subprocess.run(command, env=ENV, cwd=REPO, capture_output=True, text=True)
+def run_to_end(command: list[str], timeout_s: float = 900) -> None:
+    done = subprocess.run(command, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr[-3000:]}")
 
 
+def kill_repeatedly(kills: int, start: Callable[[], bool], restart_from_scratch: Callable[[], None],
+                    attempts: int = 3) -> int:
+    """``start()`` (one killed run) until ``kills`` landed; when a run finishes before its kill, start the whole
+    sequence again from scratch, at most ``attempts`` times (then the kills that landed are reported)."""
+    landed = 0
+    for _ in range(attempts):
+        landed = 0
+        while landed < kills and start():
+            landed += 1
+        if landed == kills:
+            return landed
+        restart_from_scratch()
+    return landed
+
+
 def soak_synthesis(work: Path, kills: int, rng: random.Random) -> dict:
     data = work / "phantom"
-    generate_phantom_dataset(data, cases=2, seed=0, size=64, slices=8, modalities=["T1-InPhase", "T2-SPIR"])
+    generate_phantom_dataset(data, cases=4, seed=0, size=64, slices=8)
     pair = pair_config_for(str(REPO / "training_configs/controlnet/phantom_T1_to_T2-SPIR.yml"), work, data)
     straight, killed = work / "synthesis_straight", work / "synthesis_killed"
-    run_to_end(synthesis_command(pair, straight))
-    landed = 0
-    while landed < kills:
-        if not kill_after_progress(synthesis_command(pair, killed), lambda: manifest_lines(killed), rng, 1.5):
-            shutil.rmtree(killed)  # it finished before the kill: start over so that every kill lands mid-run
-            landed = 0
-            continue
-        landed += 1
+    masks = max(6, 2 * kills)  # two batches of candidates per mask: the run outlasts the kills
+    run_to_end(synthesis_command(pair, straight, masks))
+    landed = kill_repeatedly(
+        kills, lambda: kill_after_progress(synthesis_command(pair, killed, masks), lambda: manifest_lines(killed), rng, 0.5),
+        lambda: shutil.rmtree(killed, ignore_errors=True))
     truncated = sum(1 for p in (killed / "manifest").glob("*.jsonl") if not p.read_bytes().endswith(b"\n"))
-    run_to_end(synthesis_command(pair, killed))
+    run_to_end(synthesis_command(pair, killed, masks))
     return {"kills": landed, "truncated_manifests_found": truncated, **compare_synthesis(straight, killed)}
 
 
@@ -124,17 +142,21 @@ def soak_training(work: Path, kills: int, rng: random.Random) -> dict:
                       "validation:\n  num_images: 1\n")
     straight, killed = work / "vae_straight", work / "vae_killed"
     run_to_end(training_command(config, f"output_dir={straight}"))
-    landed = in_checkpoint_write = 0
-    while landed < kills:
+    in_checkpoint_write: list[bool] = []
+
+    def killed_run() -> bool:
         extra = [f"output_dir={killed}"] + (["--resume", "latest"] if newest_checkpoint(killed) else [])
-        if not kill_after_progress(training_command(config, *extra), lambda: newest_checkpoint(killed), rng, 0.4):
-            shutil.rmtree(killed)
-            landed = in_checkpoint_write = 0
-            continue
-        landed += 1
-        in_checkpoint_write += any((killed / "checkpoints").glob(".tmp-checkpoint-*"))
+        landed = kill_after_progress(training_command(config, *extra), lambda: newest_checkpoint(killed), rng, 0.4)
+        in_checkpoint_write.append(landed and any((killed / "checkpoints").glob(".tmp-checkpoint-*")))
+        return landed
+
+    def from_scratch() -> None:
+        shutil.rmtree(killed, ignore_errors=True)
+        in_checkpoint_write.clear()
+
+    landed = kill_repeatedly(kills, killed_run, from_scratch)
     run_to_end(training_command(config, f"output_dir={killed}", "--resume", "latest"))
-    return {"kills": landed, "kills_inside_a_checkpoint_write": in_checkpoint_write,
+    return {"kills": landed, "kills_inside_a_checkpoint_write": sum(in_checkpoint_write),
             "max_weight_difference": max_weight_difference(straight, killed)}
 
 

@@ -12,6 +12,7 @@ import datetime
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -198,6 +199,11 @@ def test_organ_attention_stage_self_trains_only_cross_attention_and_resumes(toy_
         train_organ_attention(fewer, resume="latest")  # refused before any work
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
+    with pytest.raises(checkpoints.ResumeError, match="holds the checkpoints of an earlier run"):
+        train_organ_attention(fewer)  # a new run into the folder
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    shutil.rmtree(tmp_path / "checkpoints")
     with pytest.raises(ValueError, match="holds other masks"):  # a changed sample count never mixes two runs
         train_organ_attention(fewer)
 
@@ -420,10 +426,10 @@ def test_stage_scripts_default_to_the_original_configs_as_its_commands_took_none
         parse_args("organ_attention", [])  # ours, no original config to fall back to
 
 
-def test_the_original_command_without_its_data_says_which_file_and_what_to_set(monkeypatch, capsys) -> None:
+def test_the_original_command_without_its_data_says_which_file_and_what_to_set(monkeypatch, capsys, tmp_path) -> None:
     monkeypatch.chdir(REPO)
     with pytest.raises(SystemExit):
-        main("vae", [])
+        main("vae", [f"output_dir={tmp_path / 'run'}"])
     assert "radiopaedia_abdomen_mri_image_annotated.json does not exist" in capsys.readouterr().err
 
 

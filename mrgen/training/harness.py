@@ -128,10 +128,11 @@ def run_training(config: VAEConfig | UNetConfig | PairStageConfig, make_stage: S
         output_dir.mkdir(parents=True, exist_ok=True)
         checkpoints.remove_incomplete(output_dir / CHECKPOINT_DIR)
         checkpoints.remove_incomplete(output_dir)
-        atomic_write_text(output_dir / "config.yaml", dump_yaml(config))
     accelerator.wait_for_everyone()
 
-    stage = make_stage(accelerator)
+    stage = make_stage(accelerator)  # reads and checks the data and models: a bad input fails here
+    if accelerator.is_main_process:
+        atomic_write_text(output_dir / "config.yaml", dump_yaml(config))
     loop = _Loop(accelerator, config, train, stage, output_dir)
     loop.resume(resume_from, requested=resume)
     loop.run()
