@@ -121,6 +121,10 @@ def test_parts_merged_equal_one_run_and_a_missing_or_foreign_part_is_refused(opt
         synthesize(options(log_dir=parts[0].log_dir, num_parts=2, merge=True))
     records[0]["steps"] = parts[1].steps
     altered.write_text("".join(json.dumps(r) + "\n" for r in records))
+    synthesize(options(log_dir=parts[0].log_dir, num_parts=2, part_id=1, max_masks=2))  # part 1 of another selection
+    with pytest.raises(PartsError, match="ran with other settings than run_config.json: max_masks"):
+        synthesize(options(log_dir=parts[0].log_dir, num_parts=2, merge=True))
+    synthesize(parts[1])
     assert synthesize(options(log_dir=parts[0].log_dir, num_parts=2, merge=True))["candidates"] == 12
     _same_dataset(single.log_dir, parts[0].log_dir)
     assert "status: complete (2 parts merged)" in (Path(parts[0].log_dir) / "README.md").read_text()

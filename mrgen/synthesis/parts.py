@@ -1,13 +1,14 @@
 """Before the parts of a synthesis run are merged: did every part finish, and were they all made by one run?
 
-A run split over cluster jobs (``--num_parts N --part_id K``) leaves one ``.done`` marker per finished part and one
-manifest per part and worker process. Merging a run with a part missing, or with a part made with another
+A run split over cluster jobs (``--num_parts N --part_id K``) leaves one ``.done`` marker per finished part (the
+settings it ran with) and one manifest per part and worker process. Merging a run with a part missing, or with a part made with another
 ``--num_parts`` or other sampling settings, would give a dataset that silently differs from a single run's; this is
 refused with every problem named.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,10 @@ PART_FILE = re.compile(r"part-(\d+)-of-(\d+)(?:-rank-\d+)?\.(jsonl|done)$")
 # what every candidate must share with run_config.json
 SAMPLING_KEYS = ("modality", "scheduler", "steps", "guidance_scale", "controlnet_scale", "control_conditional_only",
                  "checkpoint_sha256")
+# run_config.json keys that may differ between parts: paths and process counts per machine, and what only the
+# selection at the merge uses
+MAY_DIFFER = {"part_id", "processes", "num_gpus", "log_dir", "ckpt", "controlnet", "organ_attention", "thresholds",
+              "top_k", "relax", "keep_relaxed", "sample_per_mask"}
 MAX_LISTED = 10
 
 
@@ -30,7 +35,7 @@ class PartsError(ValueError):
 def check_parts(layout: RunLayout, run_config: dict[str, Any]) -> None:
     parts = run_config["num_parts"]
     problems = _foreign_files(layout.manifest_dir, parts) + _missing_parts(layout, parts)
-    problems += _record_problems(layout.manifest_dir, run_config)
+    problems += _setting_problems(layout, run_config) + _record_problems(layout.manifest_dir, run_config)
     if problems:
         listed = problems[:MAX_LISTED] + ([f"... and {len(problems) - MAX_LISTED} more"] if len(problems) > MAX_LISTED else [])
         raise PartsError(f"{layout.root}: cannot merge the parts of this run:\n  - " + "\n  - ".join(listed))
@@ -53,6 +58,25 @@ def _missing_parts(layout: RunLayout, parts: int) -> list[str]:
     listed = ", ".join(str(k) for k in missing)
     return [f"part(s) {listed} of {parts} have not finished (no {layout.part_done(missing[0], parts).name}): run "
             f"them (again: they resume) with --num_parts {parts} --part_id <k>, then --merge"]
+
+
+def _setting_problems(layout: RunLayout, run_config: dict[str, Any]) -> list[str]:
+    parts, problems = run_config["num_parts"], []
+    for part in range(parts):
+        marker = layout.part_done(part, parts)
+        if not marker.is_file():
+            continue
+        try:
+            settings = json.loads(marker.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            problems.append(f"{marker} does not record the part's settings (an older version wrote it): run part {part} "
+                            f"again (it resumes)")
+            continue
+        differing = sorted(k for k in set(settings) | set(run_config)
+                           if k not in MAY_DIFFER and settings.get(k) != run_config.get(k))
+        if differing:
+            problems.append(f"part {part} ran with other settings than run_config.json: {', '.join(differing)}")
+    return problems
 
 
 def _record_problems(folder: Path, run_config: dict[str, Any]) -> list[str]:

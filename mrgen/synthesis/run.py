@@ -468,12 +468,13 @@ def synthesize(options: SynthesisOptions) -> dict[str, Any]:
     processes = process_count(options)
     if layout.root.is_dir() and (removed := remove_stale_temporaries(layout.root)):
         log.info("%s: removed %d half-written file(s) left by an interrupted run", layout.root, removed)
-    prepare_run(options, pair, processes)
+    run_config = prepare_run(options, pair, processes)
+    layout.part_done(options.part_id, options.num_parts).unlink(missing_ok=True)  # this part is running again
     if processes == 1:
         _work(0, options, 1)
     else:
         torch.multiprocessing.spawn(_work, args=(options, processes), nprocs=processes, join=True)
-    layout.part_done(options.part_id, options.num_parts).touch()
+    atomic_write_json(layout.part_done(options.part_id, options.num_parts), run_config)  # what it was made with
     if options.num_parts > 1:
         log.info("part %d of %d done; when every part is, merge them: the same command with --merge",
                  options.part_id, options.num_parts)
