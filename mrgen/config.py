@@ -200,7 +200,7 @@ class SelfSamplingSection:
 
 @dataclass
 class SelfTrainingSection(SelfSamplingSection):
-    """Target-modality pairs for the ControlNet stage (docs/mask_following.md round 14): an organ-attention pipeline
+    """Target-modality pairs for the ControlNet stage (docs/mask_following.md): an organ-attention pipeline
     folder renders self-samples; the kept ones join the training pairs with the segmenter's organ regions as their
     masks. Off unless ``organ_attention`` is set."""
 
@@ -216,7 +216,7 @@ class ControlNetConfig(PairStageConfig):
 
 @dataclass
 class OrganAttentionSection(SelfSamplingSection):
-    """The organ-word attention stage (mrgen.training.organ_attention_stage; docs/mask_following.md round 12); its
+    """The organ-word attention stage (mrgen.training.organ_attention_stage; docs/mask_following.md); its
     self-samples are rendered with the untrained bias."""
 
     initial_weight: float = 10.0  # w of every cross-attention layer before training

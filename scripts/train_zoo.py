@@ -14,7 +14,7 @@ folders in fp16 safetensors:
     <out>/controlnet_self_trained_<source>_to_<target>/ (--controlnet)
 
 The organ attention (train_organ_attention.py) starts from the zoo's own fp16 UNet, after the others; the
-self-trained ControlNet (train_controlnet.py with self_training, docs/mask_following.md round 14) starts from the
+self-trained ControlNet (train_controlnet.py with self_training, docs/mask_following.md) starts from the
 zoo's ControlNet of its pair and learns from the zoo organ attention's self-samples, last.
 
 Example (about an hour and a half on 2 CPU cores, most of it the three 3,000-step ControlNets):

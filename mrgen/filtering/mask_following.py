@@ -11,7 +11,7 @@ IoU says where an organ is, not how it looks: a dark organ with a bright rim seg
 one. So each organ is also checked for being brighter than a ring around it (1-3 pixels outside its mask),
 and the fraction of such organs is reported beside the IoU; compare it with real target slices'
 (``scripts/measure_mask_following.py --real``): a sample with the source modality's contrast shows the
-source's polarity (docs/mask_following.md round 10).
+source's polarity (docs/mask_following.md).
 """
 
 from __future__ import annotations

@@ -66,7 +66,7 @@ class PairSpec:
     controlnet: str
     ablation_controlnet: str  # trained with data.use_target_images=false; "" if there is none
     organ_attention: str = ""  # an organ-attention pipeline folder (train_organ_attention.py); "" if there is none
-    self_trained_controlnet: str = ""  # a ControlNet trained with self_training (round 14); "" if there is none
+    self_trained_controlnet: str = ""  # a ControlNet trained with self_training; "" if there is none
 
     @property
     def name(self) -> str:
@@ -261,7 +261,7 @@ class PairBenchmark:
     def synthetic(self, role: str, which: str, dataset_id: int, name: str) -> dict[str, Any]:
         """Training set from the ``main``, ``no_target`` or ``self_trained`` ControlNet's run or the
         ``organ_attention`` run: its ``filtered`` or ``all`` candidates. The self-trained ControlNet acts in both
-        guidance branches (it follows masks better so, docs/mask_following.md round 14); the others as configured."""
+        guidance branches (it follows masks better so, docs/mask_following.md); the others as configured."""
         synthesis = self.config.synthesis
         ckpt, controlnet, synthesis = {
             "main": (self.config.zoo, self.pair.controlnet, synthesis),

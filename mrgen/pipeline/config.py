@@ -21,8 +21,8 @@ class ModelsSection:
     """Start from the model zoo (``train: false``) or train every model from scratch (``train: true``).
 
     ``conditioning`` is how the mask reaches the UNet: a ControlNet (the original), organ-word attention
-    (``mrgen.models.organ_attention``; docs/mask_following.md round 12), or a ControlNet self-trained on organ
-    attention's target-modality samples (``self_training`` in the ControlNet config; round 14: trained from scratch
+    (``mrgen.models.organ_attention``; docs/mask_following.md), or a ControlNet self-trained on organ
+    attention's target-modality samples (``self_training`` in the ControlNet config; trained from scratch
     it needs the organ-attention stage first). ``pair_config`` is the ControlNet pair config and
     ``organ_attention_config`` the organ-attention one; their ``data_root`` is pointed at this run's dataset. The
     ``*_overrides`` are ``key=value`` overrides for the training configs when training.

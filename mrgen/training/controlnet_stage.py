@@ -6,7 +6,7 @@ source-modality slices with their encoded organ masks and unannotated target-mod
 empty (all -1) condition and the target prompt (``PairDataset``). Loss: the UNet's epsilon (or v) MSE with the
 ControlNet's residuals added.
 
-With ``self_training.organ_attention`` (a deviation, docs/mask_following.md round 14) a trained organ-attention
+With ``self_training.organ_attention`` (a deviation, docs/mask_following.md) a trained organ-attention
 pipeline folder first renders training source masks in the target modality (``mrgen.training.self_samples``);
 the ones whose every organ the offline segmenter finds near its mask join the pairs as annotated target-modality
 slices, with the segmented organ regions as their masks, so the ControlNet learns the target look of the organs

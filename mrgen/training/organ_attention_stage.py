@@ -1,4 +1,4 @@
-"""Stage 3b: organ-word attention, self-trained on its own target-modality samples (docs/mask_following.md round 12).
+"""Stage 3b: organ-word attention, self-trained on its own target-modality samples (docs/mask_following.md).
 
 An alternative to the ControlNet stage that keeps the target modality's look. Starting from the trained UNet
 with the organ-word bias attached untrained (``mrgen.models.organ_attention``, every layer's ``w`` at
@@ -13,7 +13,7 @@ with the organ-word bias attached untrained (``mrgen.models.organ_attention``, e
    (``mrgen.training.harness``), the usual diffusion loss on batches that are half kept self-samples (target
    prompt, biased by their masks) and half real unannotated target slices (target prompt, unbiased, so the
    look stays anchored to real target images). The source slices themselves are never trained on: a model
-   taught placement from source images ties it to the source look and prompt (round 11).
+   taught placement from source images ties it to the source look and prompt.
 
 The pipeline folder holds ``unet/`` (trained), ``organ_attention/`` (the weights ``w``), ``vae/``, ``scheduler/``,
 ``text_encoder.json`` and ``pair.json``; synthesis uses the bias whenever the folder has ``organ_attention/``.

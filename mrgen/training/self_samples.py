@@ -3,7 +3,7 @@
 
 Two stages train on them (docs/mask_following.md):
 
-- the organ-attention stage (round 12) renders them with its untrained bias and trains its cross-attention on the
+- the organ-attention stage renders them with its untrained bias and trains its cross-attention on the
   ones whose organs' mean IoU reaches ``organ_attention.min_iou``;
 - the ControlNet stage, given a trained organ-attention pipeline folder (``self_training.organ_attention``, round
   14), trains on the ones whose every organ reaches ``self_training.min_organ_iou`` as *annotated target-modality*
