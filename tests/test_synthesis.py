@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import PHANTOM_PAIR_YAML, REPO
 from mrgen.data.index import load_index
@@ -136,7 +137,8 @@ def test_the_slurm_array_script_makes_parts_in_separate_processes_and_merges_the
     flags = "--steps 2 --num_images_per_prompt 2 --max_tries_per_mask 4 --max_masks 3 --iou_threshold 0 " \
             "--confidence_threshold 0 --avg_iou_threshold 0 --avg_confidence_threshold 0"
     env = {**os.environ, "NUM_PARTS": "2", "PAIR": single.config, "CKPT": single.ckpt, "LOG_DIR": str(tmp_path / "parts"),
-           "EXTRA_ARGS": flags, "SLURM_SUBMIT_DIR": str(REPO), "HF_HUB_OFFLINE": "1"}
+           "EXTRA_ARGS": flags, "SLURM_SUBMIT_DIR": str(REPO), "HF_HUB_OFFLINE": "1",
+           "OMP_NUM_THREADS": str(torch.get_num_threads())}  # as this process: float sums depend on the thread count
 
     def job(*args: str, task: int | None = None) -> subprocess.CompletedProcess:
         task_env = env if task is None else {**env, "SLURM_ARRAY_TASK_ID": str(task)}
@@ -154,9 +156,15 @@ def test_the_slurm_array_script_makes_parts_in_separate_processes_and_merges_the
 
 def test_two_worker_processes_on_the_cpu_give_the_same_dataset_as_one(options, tmp_path):
     single = options(log_dir=str(tmp_path / "single"))
-    synthesize(single)
-    two = options(log_dir=str(tmp_path / "two"), processes=2)
-    assert synthesize(two)["candidates"] == 12
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each of the two workers below: float sums depend on the thread count
+    try:
+        synthesize(single)
+        torch.set_num_threads(2)  # shared by the two workers
+        two = options(log_dir=str(tmp_path / "two"), processes=2)
+        assert synthesize(two)["candidates"] == 12
+    finally:
+        torch.set_num_threads(threads)
     written = sorted(p.name for p in (Path(two.log_dir) / "manifest").glob("*.jsonl"))
     assert written == ["part-000-of-001-rank-00.jsonl", "part-000-of-001-rank-01.jsonl"]
     assert all(manifest.read(Path(two.log_dir) / "manifest" / name) for name in written)  # both did work

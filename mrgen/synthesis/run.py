@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -438,14 +437,14 @@ def my_masks(options: SynthesisOptions, count: int, rank: int, processes: int) -
     return [i for i in chosen if i % options.num_parts == options.part_id][rank::processes]
 
 
-def _work(rank: int, options: SynthesisOptions, processes: int) -> None:
+def _work(rank: int, options: SynthesisOptions, processes: int, threads: int = 0) -> None:
     pair = load_pair(options.config)
     layout = layout_for(options, pair)
     run_config = json.loads(layout.run_config.read_text())
     registry = load_registry()
     device = _device(rank)
-    if device.type == "cpu" and processes > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // processes))  # the workers share the cores
+    if device.type == "cpu" and threads:
+        torch.set_num_threads(threads)  # the workers share the parent's threads
     entries = inference_entries(pair)
     modality, size = run_config["modality"], run_config["size"]
     synthesizer = Synthesizer(
@@ -473,7 +472,8 @@ def synthesize(options: SynthesisOptions) -> dict[str, Any]:
     if processes == 1:
         _work(0, options, 1)
     else:
-        torch.multiprocessing.spawn(_work, args=(options, processes), nprocs=processes, join=True)
+        threads = max(1, torch.get_num_threads() // processes)
+        torch.multiprocessing.spawn(_work, args=(options, processes, threads), nprocs=processes, join=True)
     atomic_write_json(layout.part_done(options.part_id, options.num_parts), run_config)  # what it was made with
     if options.num_parts > 1:
         log.info("part %d of %d done; when every part is, merge them: the same command with --merge",
