@@ -39,7 +39,7 @@ def test_pipeline_runs_end_to_end_and_resumes(pipeline, tmp_path, monkeypatch):
     # a run killed during synthesis: the stage marker is gone and the manifest ends in a partial record
     for stage in ("synthesis", "nnunet_data", "nnunet_train", "evaluation"):
         (out / "stages" / f"{stage}.json").unlink()
-    part = out / "synthesis" / "manifest" / "part-000-of-001.jsonl"
+    part = out / "synthesis" / "manifest" / "part-000-of-001-rank-00.jsonl"
     lines = part.read_text().splitlines(keepends=True)
     part.write_text("".join(lines[:3]) + lines[3][:25])
     (out / "synthesis" / "manifest.jsonl").unlink()
