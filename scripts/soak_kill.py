@@ -134,9 +134,10 @@ def compare_synthesis(straight: Path, killed: Path) -> dict:
 
 def soak_training(work: Path, kills: int, rng: random.Random) -> dict:
     data = work / "phantom_vae"
-    generate_phantom_dataset(data, cases=2, seed=0, size=64, slices=8, modalities=["T1-InPhase"])
+    generate_phantom_dataset(data, cases=4, seed=0, size=64, slices=8, modalities=["T1-InPhase"])
     config = work / "vae.yml"
     config.write_text(f"model:\n  config_path: {REPO / 'ckpt/tiny'}\ndata:\n  index_paths: [{data / 'image_text_train.json'}]\n"
+                      "  test_fraction: 0.25\n"
                       "train:\n  train_batch_size: 4\n  max_train_steps: 60\n  checkpointing_steps: 2\n"
                       "  checkpoints_total_limit: 3\n  validation_steps: 1000\n  num_threads: 1\n"
                       "validation:\n  num_images: 1\n")
