@@ -7,7 +7,7 @@ Synthesis: the tiny model zoo on a small simulated dataset; each kill lands a ra
 recorded a new candidate. Printed: candidates lost, duplicated or left truncated in the manifests, images
 byte-identical to the uninterrupted run's, and whether the accepted set is the same.
 Training: the tiny VAE, a checkpoint every few steps; each kill lands a random moment after a new checkpoint
-appeared (some inside the next checkpoint's write), then ``--resume latest``. Printed: kills, kills that left a
+appeared (the first as soon as a checkpoint's write has begun), then ``--resume latest``. Printed: kills, kills that left a
 half-written checkpoint, and the largest weight difference from the uninterrupted run.
 """
 
@@ -32,7 +32,7 @@ from mrgen.data.phantom import generate_phantom_dataset  # noqa: E402
 from mrgen.pipeline.demo import pair_config_for  # noqa: E402
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-POLL_S = 0.05
+POLL_S = 0.005
 
 
 def synthesis_command(pair: Path, log_dir: Path, masks: int) -> list[str]:
@@ -145,9 +145,15 @@ def soak_training(work: Path, kills: int, rng: random.Random) -> dict:
     run_to_end(training_command(config, f"output_dir={straight}"))
     in_checkpoint_write: list[bool] = []
 
+    def writing() -> int:
+        return len(list((killed / "checkpoints").glob(".tmp-checkpoint-*")))
+
     def killed_run() -> bool:
         extra = [f"output_dir={killed}"] + (["--resume", "latest"] if newest_checkpoint(killed) else [])
-        landed = kill_after_progress(training_command(config, *extra), lambda: newest_checkpoint(killed), rng, 0.4)
+        if not in_checkpoint_write:  # the first kill lands while a checkpoint is being written
+            landed = kill_after_progress(training_command(config, *extra), writing, rng, 0.0)
+        else:
+            landed = kill_after_progress(training_command(config, *extra), lambda: newest_checkpoint(killed), rng, 0.4)
         in_checkpoint_write.append(landed and any((killed / "checkpoints").glob(".tmp-checkpoint-*")))
         return landed
 
