@@ -247,6 +247,11 @@ class _Loop:
         if main:
             log.info("resuming from %s", path)
         self.accelerator.load_state(str(path))
+        # the optimizer holds the learning rate the checkpoint's schedule set for the next step; the schedule is this
+        # run's (train.max_train_steps may have changed), so the next step takes its rate from it
+        scheduler = self.lr_scheduler  # diffusers' schedules are LambdaLR: base rate x factor(step)
+        for group, base, factor in zip(self.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * factor(scheduler.last_epoch)
         if self.ema is not None:
             self.ema.to(self.accelerator.device)  # its state is loaded onto the CPU
         if main:
@@ -357,7 +362,10 @@ class _Loop:
     def validate(self) -> None:
         if self.accelerator.is_main_process:
             step = self.progress.global_step
-            with self._inference_weights() as model:
+            # the training random streams continue as if there had been no validation, so a run stopped after a
+            # validation (say, at its last step) and resumed with more steps trains like a run that went straight on
+            devices = [self.accelerator.device] if self.accelerator.device.type == "cuda" else []
+            with self._inference_weights() as model, torch.random.fork_rng(devices=devices):
                 metrics = self.stage.validate(model, step, self.output_dir / VALIDATION_DIR)
             if metrics:
                 self.accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
