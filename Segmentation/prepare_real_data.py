@@ -1,7 +1,8 @@
 """Real 3D volumes with organ labels -> a 2D slice nnU-Net raw dataset (train or test split).
 
 Inputs (one of): --jsonl (SAT-style volume list, e.g. our simulated dataset's volumes_T2-SPIR_test.jsonl),
---image_dir [--label_dir] (NIfTI pairs), --msd_dir [--channel] (MSD task, AMOS22), --chaos_root --sequence (CHAOS MR), --promise12_dir (PROMISE12 .mhd).
+--image_dir [--label_dir] (NIfTI pairs), --msd_dir [--channel] (MSD task, AMOS22), --chaos_root --sequence
+(CHAOS MR), --promise12_dir (PROMISE12 .mhd).
 Writes images<Tr|Ts>, labels<Tr|Ts>, geometry<Tr|Ts> (one sidecar per case, used by evaluate_nib.py),
 conditional<Tr|Ts> (a conditional-dataset index of the same slices) and dataset.json. Example:
     python Segmentation/prepare_real_data.py --jsonl phantom/volumes_T2-SPIR_test.jsonl --split test \\

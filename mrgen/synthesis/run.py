@@ -3,9 +3,9 @@
 Masks are split deterministically: a cluster part takes the entries with ``index % num_parts == part_id``, and
 its worker processes every ``processes``-th of those. Every process appends its candidates to its own manifest
 and skips what any manifest already holds, so a killed run started again with the same arguments continues where
-it stopped; candidate seeds depend on (seed, mask, try) only, so any split gives the same samples. Candidates are generated in fixed batches
-(tries ``[b*n, (b+1)*n)``) and a partly recorded batch is regenerated whole, so a resumed run computes
-exactly what an uninterrupted one would have.
+it stopped; candidate seeds depend on (seed, mask, try) only, so any split gives the same samples. Candidates are
+generated in fixed batches (tries ``[b*n, (b+1)*n)``) and a partly recorded batch is regenerated whole, so a
+resumed run computes exactly what an uninterrupted one would have.
 """
 
 from __future__ import annotations
