@@ -134,6 +134,17 @@ def test_benchmark_runs_a_chosen_part_of_the_table(tmp_path):
     assert measures["runs"] == {}
 
 
+def test_benchmark_tables_are_written_when_no_arm_of_a_pair_had_samples_to_train_on(tmp_path):
+    from mrgen.pipeline.benchmark import BenchmarkConfig, write_outputs
+    from mrgen.pipeline.stages import StageRunner
+
+    synthesis = {"candidates": 256, "accepted": 0, "unet_evaluations_per_accepted": None, "seconds_per_accepted": None}
+    results = {"T1-InPhase -> T2-SPIR": {"c_organ_attention": {"samples": 0, "synthesis": synthesis}}}
+    config = BenchmarkConfig(out=str(tmp_path), conditions=["c_organ_attention"])
+    text = write_outputs(tmp_path, config, results, {}, StageRunner(tmp_path, [])).read_text()
+    assert "| T1-InPhase -> T2-SPIR | n/a |" in text and "| 256 | 0 |" in text
+
+
 def test_a_stage_run_inside_another_is_timed_once(tmp_path):
     from mrgen.pipeline.stages import StageRunner
 

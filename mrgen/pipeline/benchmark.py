@@ -325,9 +325,10 @@ def write_outputs(out: Path, config: BenchmarkConfig, results: dict[str, dict[st
         lines.append(f"| {pair} | " + " | ".join(cells) + " |")
     for pair, by_condition in results.items():
         present = {CONDITIONS[k][0]: r for k, r in by_condition.items() if evaluated(r)}
-        lines += ["", f"## {pair}", "", "Dice (%):", "", organ_table(present, "dice"), "", "HD95 (mm):", "",
-                  organ_table(present, "hd95"), "", cost_table(by_condition), "",
-                  measures_table(measures.get(pair, {}), RUN_TITLES)]
+        lines += ["", f"## {pair}", ""]
+        if present:  # no arm of the pair trained a segmenter (say, its filter accepted nothing): no organ tables
+            lines += ["Dice (%):", "", organ_table(present, "dice"), "", "HD95 (mm):", "", organ_table(present, "hd95"), ""]
+        lines += [cost_table(by_condition), "", measures_table(measures.get(pair, {}), RUN_TITLES)]
     lines += ["", f"Total time {seconds:.0f} s (sum of the stages). Config: `benchmark.yml`; every number: `benchmark.json`; chart: `benchmark.png`."]
     write_chart(out / "benchmark.png", results, columns)
     path = out / "benchmark.md"
@@ -353,7 +354,8 @@ def cost_table(by_condition: dict[str, Any]) -> str:
         s = r.get("synthesis")
         synth = ["", "", "", ""] if s is None else [str(s["candidates"]), str(s["accepted"]),
                                                     number_cell(s["unet_evaluations_per_accepted"], ".0f"), number_cell(s["seconds_per_accepted"], ".2f")]
-        lines.append(f"| {CONDITIONS[key][0]} | {r['seconds']:.0f} | " + " | ".join(synth) + " |")
+        stage = number_cell(r.get("seconds"), ".0f")  # n/a: nothing was accepted, so no segmenter was trained
+        lines.append(f"| {CONDITIONS[key][0]} | {stage} | " + " | ".join(synth) + " |")
     return "\n".join(lines)
 
 
