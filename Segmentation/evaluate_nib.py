@@ -26,7 +26,7 @@ from mrgen.evaluation.volume_eval import (  # noqa: E402
     evaluate_dataset,
     format_table,
 )
-from mrgen.cli import USER_ERRORS  # noqa: E402
+from mrgen.cli import exit_on_user_error  # noqa: E402
 from mrgen.nnunet.env import find_dataset, raw_root  # noqa: E402
 from mrgen.nnunet.labels import DATASET2LABEL, evaluation_labels  # noqa: E402
 
@@ -56,21 +56,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    try:
+
+    def evaluate() -> dict:
         dataset_dir = find_dataset(raw_root(None), args.nnunet_name) if args.nnunet_name else None
         paths = EvaluationPaths(args.seg_dir, args.gt_dir, args.img_dir, args.geometry_dir, args.out, dataset_dir)
         options = EvaluationOptions(tolerance_mm=args.nsd_tolerance, empty_policy=args.empty_policy,
                                     include_unions_in_mean=args.include_unions_in_mean, write_nifti=not args.no_nifti)
-        summary = evaluate_dataset(
+        return evaluate_dataset(
             paths,
             evaluation_labels(args.target_dataset) if args.target_dataset else None,
             evaluation_labels(args.source_dataset) if args.source_dataset else None,
             options,
         )
-    except USER_ERRORS as err:
-        logging.error("%s", err)
-        return 2
-    print(format_table(summary))
+
+    print(format_table(exit_on_user_error(evaluate)))
     return 0
 
 

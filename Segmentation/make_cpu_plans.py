@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from mrgen.cli import USER_ERRORS  # noqa: E402
+from mrgen.cli import exit_on_user_error  # noqa: E402
 from mrgen.nnunet.env import NnUNetPathError, find_dataset  # noqa: E402
 from mrgen.nnunet.plans import write_lean_plans  # noqa: E402
 
@@ -33,13 +33,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     root = args.preprocessed or os.environ.get("nnUNet_preprocessed")
-    try:
+
+    def write() -> Path:
         if not root:
             raise NnUNetPathError("no preprocessed folder: pass --preprocessed DIR or set nnUNet_preprocessed")
-        path = write_lean_plans(find_dataset(Path(root), args.dataset))
-    except USER_ERRORS as err:
-        logging.error("%s", err)
-        return 2
+        return write_lean_plans(find_dataset(Path(root), args.dataset))
+
+    path = exit_on_user_error(write)
     logging.info("wrote %s; train with: nnUNetv2_train <id> 2d <fold> -p %s", path, path.stem)
     return 0
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from mrgen.cli import USER_ERRORS  # noqa: E402
+from mrgen.cli import exit_on_user_error  # noqa: E402
 from mrgen.nnunet.export import ExportOptions, export_json_files  # noqa: E402
 from mrgen.nnunet.labels import MASK2LABEL, export_labels  # noqa: E402
 
@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    try:
+
+    def export() -> None:
         options = ExportOptions(
             dataset_id=args.dataset_id, dataset_name=args.dataset_name, labels=export_labels(args.mask2label),
             file_format=args.format, size=args.size, mask_threshold=args.mask_threshold,
@@ -59,9 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             overwrite=args.overwrite,
         )
         export_json_files(args.json_file, args.out, options, args.ratios, args.seed)
-    except USER_ERRORS as err:
-        logging.error("%s", err)
-        return 2
+
+    exit_on_user_error(export)
     return 0
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from mrgen.cli import USER_ERRORS  # noqa: E402
+from mrgen.cli import exit_on_user_error  # noqa: E402
 from mrgen.nnunet.chaos import SEQUENCES  # noqa: E402
 from mrgen.nnunet.labels import MASK2LABEL, export_labels  # noqa: E402
 from mrgen.nnunet.real_data import DEFAULT_REGION, RealDataOptions, VolumeInputs, prepare_real_data  # noqa: E402
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                           label_names=args.label_names, msd_dir=args.msd_dir, chaos_root=args.chaos_root,
                           promise12_dir=args.promise12_dir or (),
                           sequence=args.sequence, channel=args.channel, cases=args.cases, modality=args.modality)
-    try:
+
+    def convert() -> None:
         options = RealDataOptions(
             dataset_id=args.dataset_id, dataset_name=args.dataset_name, split=args.split,
             labels=None if args.mask2label is None else export_labels(args.mask2label), file_format=args.format,
@@ -86,9 +87,8 @@ def main(argv: list[str] | None = None) -> int:
             region=args.region, channel_name=args.channel_name, overwrite=args.overwrite,
         )
         prepare_real_data(inputs, args.out, options)
-    except USER_ERRORS as err:
-        logging.error("%s", err)
-        return 2
+
+    exit_on_user_error(convert)
     return 0
 
 

@@ -43,7 +43,7 @@ def run_one(spec: dict) -> dict:
     torch.manual_seed(0)
     root = REPO / "ckpt" / ("tiny" if spec["size"] == "tiny" else "")
     model, step = make_step(spec["stage"], root, spec["batch"], device, spec["precision"], spec["checkpointing"])
-    timing = time_steps(model, step, make_optimizer(model), device, spec["precision"], spec["steps"], spec["warmup"])
+    timing = time_steps(model, step, make_optimizer(model, device), device, spec["precision"], spec["steps"], spec["warmup"])
     return {**spec, **timing, "params_m": count_parameters(model) / 1e6,
             "device": torch.cuda.get_device_name() if device.type == "cuda" else f"CPU x{torch.get_num_threads()}",
             "samples_per_s": spec["batch"] / timing["s_per_step"],

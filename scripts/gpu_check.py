@@ -71,7 +71,7 @@ def training_check(stage: str, precision: str, attention: str, eight_bit: bool, 
     batch = (TINY_BATCH if dry_run else PAPER_BATCH)[stage]
     model, step = make_step(stage, root, batch, device, precision, checkpointing=True, attention=attention)
     flops = step_flops(model, step)
-    timing = time_steps(model, step, make_optimizer(model, eight_bit), device, precision, steps, warmup=1 if dry_run else 2)
+    timing = time_steps(model, step, make_optimizer(model, device, eight_bit), device, precision, steps, warmup=1 if dry_run else 2)
     achieved = flops / timing["s_per_step"] / 1e12
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -20,7 +20,7 @@ from mrgen.io.atomic import atomic_save, atomic_write_json, atomic_write_text
 from mrgen.nnunet.plans import LEAN_PLANS, STOCK_PLANS
 from mrgen.pipeline.config import DatasetSection, SegmentationSection
 from mrgen.pipeline.demo import make_dataset
-from mrgen.pipeline.segmentation import NnUNetWork, number_cell
+from mrgen.pipeline.segmentation import NnUNetWork, number_cell, percent_cell
 from mrgen.pipeline.stages import StageRunner
 
 EPOCH_TIME = re.compile(r"Epoch time: ([0-9.]+) s")
@@ -102,9 +102,9 @@ def write_budget_outputs(out: Path, config: BudgetConfig, rows: list[dict[str, A
              "| plans | iterations | ms / iteration | stage s | mean Dice | " + " | ".join(ORGANS) + " |",
              "|---" * (5 + len(ORGANS)) + "|"]
     for r in rows:
-        organs = " | ".join(_pct(r["organs"][o]) for o in ORGANS)
+        organs = " | ".join(percent_cell(r["organs"][o]) for o in ORGANS)
         lines.append(f"| {r['plans']} | {r['iterations']} | {number_cell(r['ms_per_iteration'], '.0f')} | {r['stage_seconds']:.0f} | "
-                     f"{_pct(r['dice'])} | {organs} |")
+                     f"{percent_cell(r['dice'])} | {organs} |")
     lines += ["", f"Iterations to mean Dice >= {100 * config.target_dice:.0f}:"]
     for plans in config.plans:
         reached = iterations_to(rows, plans, config.target_dice)
@@ -113,10 +113,6 @@ def write_budget_outputs(out: Path, config: BudgetConfig, rows: list[dict[str, A
     path = out / "bench_nnunet.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{100 * value:.1f}"
 
 
 def write_budget_chart(path: Path, rows: list[dict[str, Any]], plans_order: list[str]) -> None:

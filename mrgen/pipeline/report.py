@@ -7,12 +7,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 
 from mrgen.io.atomic import atomic_write_text
 from mrgen.io.images import read_gray
 from mrgen.pipeline.segmentation import number_cell, organ_table
 from mrgen.pipeline.stages import StageRunner
 from mrgen.pipeline.synthetic_measures import candidate_records, measures_table
+from mrgen.synthesis.manifest import condition_masks
 from mrgen.viz import overlay, save_grid
 
 SAMPLES_IN_FIGURE = 8
@@ -20,6 +22,12 @@ SAMPLES_IN_FIGURE = 8
 
 def _link(path: Path, out: Path) -> str:
     return os.path.relpath(path, out)
+
+
+def source_with_mask(record: dict[str, Any], masks: list[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """The candidate's real source slice with its condition masks over it (without them if its size differs)."""
+    source = read_gray(record["source"]["image_path"])
+    return overlay(source, masks) if source.shape == shape else source
 
 
 def figure_records(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -43,10 +51,9 @@ def synthetic_figure(out: Path, records: list[dict[str, Any]]) -> Path | None:
         return None
     rows = []
     for r in shown:
-        masks = [read_gray(p) > 127 for p in r["mask_paths"]]
+        masks = condition_masks(r)
         image = read_gray(r["image_path"])
-        source = read_gray(r["source"]["image_path"])
-        rows.append([overlay(source, masks) if source.shape == image.shape else source, image, overlay(image, masks)])
+        rows.append([source_with_mask(r, masks, image.shape), image, overlay(image, masks)])
     path = out / "synthetic_samples.png"
     save_grid(rows, path, titles=["source slice + mask", "synthetic target", "synthetic + mask"],
               row_labels=[f"mask {r['mask_index']} try {r['try']}{'' if r['accepted'] else ' (rejected)'}" for r in shown])
@@ -72,11 +79,10 @@ def mask_candidates_figure(records: list[dict[str, Any]], path: Path, masks: int
     rows, labels = [], []
     for group in groups:
         shown = group[:per_mask]
-        condition = [read_gray(p) > 127 for p in shown[0]["mask_paths"]]
+        condition = condition_masks(shown[0])
         images = [read_gray(r["image_path"]) for r in shown]
-        source = read_gray(shown[0]["source"]["image_path"])
-        source_cell = overlay(source, condition) if source.shape == images[0].shape else source
-        rows.append([source_cell, *images, *[None] * (per_mask - len(images)), overlay(images[0], condition)])
+        rows.append([source_with_mask(shown[0], condition, images[0].shape), *images,
+                     *[None] * (per_mask - len(images)), overlay(images[0], condition)])
         labels.append(f"{sum(r['accepted'] for r in group)} of {len(group)} accepted")
     titles = ["real source + mask", *[f"synthetic {k + 1}" for k in range(per_mask)], "synthetic 1 + mask"]
     save_grid(rows, path, titles=titles, row_labels=labels)

@@ -117,13 +117,16 @@ def number_cell(value: float | None, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
+def percent_cell(value: float | None, scale: float = 100.0) -> str:
+    """A fraction as a percentage with one decimal (``0.623`` -> ``62.3``), ``n/a`` for None."""
+    return number_cell(None if value is None else value * scale, ".1f")
+
+
 def spread_cell(value: float | None, spread: dict[str, float | None] | None, scale: float = 100.0) -> str:
     """``62.3`` or, over several seeds, ``62.3 (60.1-64.5)``: the mean and the min-max range."""
-    if value is None:
-        return "n/a"
-    if not spread or spread.get("min") is None or spread["min"] == spread["max"]:
-        return f"{value * scale:.1f}"
-    return f"{value * scale:.1f} ({spread['min'] * scale:.1f}-{spread['max'] * scale:.1f})"
+    if value is None or not spread or spread.get("min") is None or spread["min"] == spread["max"]:
+        return percent_cell(value, scale)
+    return f"{percent_cell(value, scale)} ({percent_cell(spread['min'], scale)}-{percent_cell(spread['max'], scale)})"
 
 
 def _stats(values: Sequence[float | None]) -> dict[str, float | None]:

@@ -22,7 +22,7 @@ from mrgen.data.index import load_index
 from mrgen.evaluation.fidelity import fidelity_with_floor, label_masks, organ_dice
 from mrgen.evaluation.two_sample import classifier_two_sample_test
 from mrgen.io.images import read_gray
-from mrgen.pipeline.segmentation import NnUNetWork, number_cell
+from mrgen.pipeline.segmentation import NnUNetWork, number_cell, percent_cell
 from mrgen.synthesis import manifest
 from mrgen.synthesis.outputs import MERGED_MANIFEST
 
@@ -63,7 +63,7 @@ def segmentation_fidelity(records: Sequence[dict[str, Any]], predictions: Sequen
             result[subset] = None
             continue
         names = list(chosen[0][0]["label"])
-        masks = [[read_gray(path) > 127 for path in r["mask_paths"]] for r, _ in chosen]
+        masks = [manifest.condition_masks(r) for r, _ in chosen]
         result[subset] = fidelity_with_floor([p for _, p in chosen], masks, [labels[n] for n in names], names, seed)
     return result
 
@@ -174,7 +174,7 @@ def measures_table(measures: dict[str, Any], titles: dict[str, str] | None = Non
                          + " | ".join(_fidelity_cell(fidelity, o) for o in organs)
                          + f" | {number_cell(run['realism'][subset]['auc'], '.2f')} |")
     if fidelity_ref:
-        cells = [number_cell(100 * fidelity_ref[o]["dice"], ".1f") if o in fidelity_ref else "n/a" for o in organs]
+        cells = [percent_cell(fidelity_ref.get(o, {}).get("dice")) for o in organs]
         lines.append("| real target slices with their own labels (fidelity ceiling) | | " + " | ".join(cells) + " | |")
     realism_ref = references.get("realism", {})
     lines.append("| realism references: real target vs real target (floor) / real source vs real target (ceiling) | | "
@@ -187,5 +187,5 @@ def _fidelity_cell(fidelity: dict[str, Any] | None, organ: str) -> str:
     if not fidelity or organ not in fidelity["own"]:
         return "n/a"
     own, floor = fidelity["own"][organ]["dice"], fidelity["floor"].get(organ, {}).get("dice")
-    return f"{100 * own:.1f} / {number_cell(None if floor is None else 100 * floor, '.1f')}"
+    return f"{percent_cell(own)} / {percent_cell(floor)}"
 

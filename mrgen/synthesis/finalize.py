@@ -114,7 +114,7 @@ def mask_following_of(decided: list[dict[str, Any]], seed: int) -> dict[str, Any
             result[name] = None
             continue
         images = [read_gray(r["image_path"]) for r in subset]
-        masks = [[read_gray(p) > 127 for p in r["mask_paths"]] for r in subset]
+        masks = [manifest.condition_masks(r) for r in subset]
         following = mask_following(images, masks, subset[0]["label"], seed)
         result[name] = {"table": following.table(), **following.as_dict()}
     return result

@@ -14,6 +14,10 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
+
+from mrgen.io.images import read_gray
+
 log = logging.getLogger(__name__)
 
 
@@ -64,3 +68,8 @@ class ManifestWriter:
 
 def read_all(paths: Iterable[Path]) -> list[dict[str, Any]]:
     return [r for p in sorted(paths) for r in read(p)]
+
+
+def condition_masks(record: dict[str, Any]) -> list[np.ndarray]:
+    """The per-organ boolean masks a candidate was generated from (its ``mask_paths``, in the pair's organ order)."""
+    return [read_gray(path) > 127 for path in record["mask_paths"]]

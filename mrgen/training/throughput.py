@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from mrgen.config import TrainSection
 from mrgen.models import build_from_config, controlnet_from_unet, model_config
+from mrgen.training import optim
 from mrgen.training.diffusion import set_attention
 from mrgen.training.vae_stage import VAETrainingModule, kl_per_element
 
@@ -74,12 +76,10 @@ def make_step(stage: str, root: Path, batch: int, device: torch.device, precisio
     return trained, diffusion_step
 
 
-def make_optimizer(model: torch.nn.Module, eight_bit: bool = False) -> torch.optim.Optimizer:
-    if eight_bit:
-        import bitsandbytes as bnb
-
-        return bnb.optim.AdamW8bit(model.parameters(), lr=1e-5)
-    return torch.optim.AdamW(model.parameters(), lr=1e-5)
+def make_optimizer(model: torch.nn.Module, device: torch.device, eight_bit: bool = False) -> torch.optim.Optimizer:
+    """The training stages' optimizer (mrgen.training.optim) at a small learning rate."""
+    train = TrainSection(learning_rate=1e-5, use_8bit_adam=eight_bit)
+    return optim.make_optimizer([{"params": list(model.parameters())}], train, device)
 
 
 def time_steps(model: torch.nn.Module, step: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer,
