@@ -19,10 +19,10 @@ from mrgen.synthesis.run import SynthesisOptions, synthesize
 
 def parse_args(argv: list[str] | None = None) -> SynthesisOptions:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", required=True, help="pipeline folder with vae/, unet/, scheduler/ and controlnet/ (ours or the released MRGen layout) or organ_attention/ (train_organ_attention.py)")
+    p.add_argument("--ckpt", required=True, help="pipeline folder with vae/, unet/, scheduler/ and controlnet/ (ours or the released MRGen layout); controlnet/ may come from --controlnet")
     p.add_argument("--log_dir", required=True, help="output folder (created; a run there resumes)")
     p.add_argument("--config", default=ORIGINAL_PAIR_CONFIG,
-                   help=f"the pair's ControlNet or organ-attention config (default: {ORIGINAL_PAIR_CONFIG}, the pair of "
+                   help=f"the pair's ControlNet config (default: {ORIGINAL_PAIR_CONFIG}, the pair of "
                         "the original's synthesize_CHAOS_filter_multi.py)")
     p.add_argument("--modality", default=None, help="target modality: registry key or short name (T2-SPIR, T1-InPhase, ...); default: the pair's target")
     p.add_argument("--controlnet", default=None, help="ControlNet folder if not <ckpt>/controlnet (e.g. controlnet_model_zoo/<pair>)")

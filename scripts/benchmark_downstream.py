@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mrgen.pipeline.benchmark import (CONDITIONS, DEFAULT_CONDITIONS, BenchmarkConfig, run_benchmark,  # noqa: E402
+from mrgen.pipeline.benchmark import (CONDITIONS, BenchmarkConfig, run_benchmark,  # noqa: E402
                                       with_budget, with_zoo)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--zoo", default="zoo/phantom", help="model zoo folder (ignored with --retrain)")
     parser.add_argument("--retrain", action="store_true", help="train the model zoo again first")
     parser.add_argument("--pairs", nargs="*", metavar="SOURCE:TARGET", help="only these pairs (default: all)")
-    parser.add_argument("--conditions", nargs="*", choices=list(CONDITIONS), default=DEFAULT_CONDITIONS,
-                        help="only these columns (default: all but c_organ_attention)")
+    parser.add_argument("--conditions", nargs="*", choices=list(CONDITIONS), default=list(CONDITIONS),
+                        help="only these columns (default: all)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     for noisy in ("accelerate", "diffusers", "mrgen.data.phantom", "mrgen.synthesis.run"):

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Does a trained ControlNet (or organ attention) put the organs where its condition masks say?
+"""Does a trained ControlNet put the organs where its condition masks say?
 
 Samples one target-modality image per held-out source mask (DPM-Solver++, classifier-free guidance,
 per-mask seeds from ``mrgen.synthesis.seeds``), scores each organ with the offline segmenter against
@@ -43,7 +43,7 @@ GRID_ROWS = 8
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--ckpt", help="pipeline folder (vae/, unet/, scheduler/, text_encoder.json, and controlnet/ or organ_attention/)")
+    p.add_argument("--ckpt", help="pipeline folder (vae/, unet/, scheduler/, text_encoder.json, and controlnet/ unless --controlnet)")
     p.add_argument("--controlnet", help="a ControlNet folder (default: <ckpt>/controlnet)")
     p.add_argument("--config", required=True, help="the pair config (training_configs/controlnet/<pair>.yml)")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -80,9 +80,9 @@ def pick_entries(pair: PairConfig, index: str, count: int) -> list[IndexEntry]:
     return [entries[int(i)] for i in picks]
 
 
-def make_sampler(args: argparse.Namespace, pair: PairConfig) -> MaskSampler:
+def make_sampler(args: argparse.Namespace) -> MaskSampler:
     parts = load_pipeline_components(args.ckpt, controlnet_path=args.controlnet)
-    return make_mask_sampler(parts, pair.organs, "dpm-solver++", args.steps, args.guidance_scale,
+    return make_mask_sampler(parts, "dpm-solver++", args.steps, args.guidance_scale,
                              args.conditioning_scale, args.control_conditional_only)
 
 
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     registry = load_registry()
     modality = args.modality or pair.target_modality
     size = 64
-    sampler = None if args.real else make_sampler(args, pair)
+    sampler = None if args.real else make_sampler(args)
     if sampler is not None:
         size = int(sampler.vae.config.sample_size)
     entries = pick_entries(pair, index, args.masks)
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
             images.append(sources[-1])
             continue
         prompt = pair_prompt(pair, registry, entry, modality)
-        sample = sampler.generate(torch.from_numpy(condition), prompt, [candidate_seed(args.seed, i, 0)], masks[-1])[0]
+        sample = sampler.generate(torch.from_numpy(condition), prompt, [candidate_seed(args.seed, i, 0)])[0]
         images.append(signed_to_uint8(sample[0].numpy()))
     sampling_s = time.perf_counter() - started
     result = mask_following(images, masks, pair.organs, seed=args.seed)

@@ -1,21 +1,18 @@
-"""Organ-word attention (mrgen.models.organ_attention) and synthesis through it, with tiny random-weight models."""
+"""Organ-word attention (mrgen.models.organ_attention), with tiny random-weight models."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import PHANTOM_PAIR_YAML
 from mrgen.models.builders import UNET, load_pretrained
 from mrgen.models.organ_attention import (OrganAttention, cross_attention_layers, new_organ_attention_weights,
                                           organ_token_matrix)
 from mrgen.models.pipeline_folder import load_pipeline_components
 from mrgen.models.text_encoders import load_text_encoder
-from mrgen.synthesis.run import SynthesisOptions, synthesize
 
 ORGANS = ["liver", "right kidney", "left kidney", "spleen", "kidney"]
 PROMPT = "T2 SPIR Abdomen MRI, abdomen, liver, right kidney, left kidney, spleen, kidney"
@@ -106,20 +103,3 @@ def test_pipeline_folder_loads_organ_attention(organ_attention_pipeline: Path) -
     parts = load_pipeline_components(organ_attention_pipeline)
     assert parts.controlnet is None and parts.organ_attention.weight.tolist() == [10.0] * 7
     assert not parts.organ_attention.weight.requires_grad
-
-
-def test_synthesis_through_organ_attention_alone_and_without_any_conditioning(
-        phantom: Path, pipeline: Path, organ_attention_pipeline: Path, tmp_path: Path) -> None:
-    config = tmp_path / "pair.yml"
-    config.write_text(PHANTOM_PAIR_YAML.format(root=phantom))
-    common = dict(config=str(config), steps=2, num_images_per_prompt=2, max_tries_per_mask=2, max_masks=2,
-                  num_gpus=1, iou_threshold=0.0, confidence_threshold=0.0, avg_iou_threshold=0.0,
-                  avg_confidence_threshold=0.0)
-    summary = synthesize(SynthesisOptions(ckpt=str(organ_attention_pipeline), log_dir=str(tmp_path / "run"), **common))
-    assert summary["candidates"] == 4
-    run_config = (tmp_path / "run" / "run_config.json").read_text()
-    assert '"controlnet": null' in run_config and '"organ_attention":' in run_config
-    bare = tmp_path / "bare"
-    shutil.copytree(pipeline, bare, ignore=shutil.ignore_patterns("controlnet"))
-    with pytest.raises(FileNotFoundError, match="nothing conditions on the mask"):
-        synthesize(SynthesisOptions(ckpt=str(bare), log_dir=str(tmp_path / "run2"), **common))

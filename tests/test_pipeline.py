@@ -52,7 +52,7 @@ def test_pipeline_runs_end_to_end_and_resumes(pipeline, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_benchmark_in_miniature_writes_a_full_table(pipeline, organ_attention_pipeline, tmp_path, monkeypatch):
+def test_benchmark_in_miniature_writes_a_full_table(pipeline, tmp_path, monkeypatch):
     import shutil
     from dataclasses import replace
 
@@ -65,7 +65,6 @@ def test_benchmark_in_miniature_writes_a_full_table(pipeline, organ_attention_pi
     for name in ("controlnet_T1-InPhase_to_T2-SPIR", "controlnet_T1-InPhase_to_T2-SPIR_no_target_images",
                  "controlnet_self_trained_T1-InPhase_to_T2-SPIR"):
         shutil.copytree(pipeline / "controlnet", zoo / name)
-    shutil.copytree(organ_attention_pipeline, zoo / "organ_attention_T1-InPhase_to_T2-SPIR")
     # three columns, two nnU-Net seeds each: a real-data arm, a synthetic arm and the upper bound (which also
     # measures the synthetic candidates' fidelity)
     config = BenchmarkConfig(out=str(tmp_path / "bench"), conditions=["b", "c", "e"])
@@ -93,7 +92,7 @@ def test_benchmark_in_miniature_writes_a_full_table(pipeline, organ_attention_pi
 
 
 def test_benchmark_table_marks_a_condition_without_accepted_samples(tmp_path):
-    from mrgen.pipeline.benchmark import BenchmarkConfig, write_outputs
+    from mrgen.pipeline.benchmark import CONDITIONS, BenchmarkConfig, write_outputs
     from mrgen.pipeline.stages import StageRunner
 
     organs = ["liver", "spleen"]
@@ -111,7 +110,7 @@ def test_benchmark_table_marks_a_condition_without_accepted_samples(tmp_path):
     table = write_outputs(tmp_path, BenchmarkConfig(out=str(tmp_path), seeds=1), results, {}, StageRunner(tmp_path, []))
     row = next(line for line in table.read_text().splitlines() if line.startswith("| T1-InPhase -> T2-SPIR |"))
     columns = [c.strip() for c in table.read_text().splitlines()[4].split("|")[2:-1]]
-    assert "MRGen, organ attention (filtered)" not in columns  # not a default condition: no column
+    assert columns == [title for title, _ in CONDITIONS.values()]
     assert row.split("|")[2:-1] == [" 10.0 ", " 20.0 ", " n/a ", " n/a ", " 30.0 ", " n/a ", " 90.0 "]
     assert (tmp_path / "benchmark.png").is_file()
 
@@ -139,8 +138,8 @@ def test_benchmark_tables_are_written_when_no_arm_of_a_pair_had_samples_to_train
     from mrgen.pipeline.stages import StageRunner
 
     synthesis = {"candidates": 256, "accepted": 0, "unet_evaluations_per_accepted": None, "seconds_per_accepted": None}
-    results = {"T1-InPhase -> T2-SPIR": {"c_organ_attention": {"samples": 0, "synthesis": synthesis}}}
-    config = BenchmarkConfig(out=str(tmp_path), conditions=["c_organ_attention"])
+    results = {"T1-InPhase -> T2-SPIR": {"c": {"samples": 0, "synthesis": synthesis}}}
+    config = BenchmarkConfig(out=str(tmp_path), conditions=["c"])
     text = write_outputs(tmp_path, config, results, {}, StageRunner(tmp_path, [])).read_text()
     assert "| T1-InPhase -> T2-SPIR | n/a |" in text and "| 256 | 0 |" in text
 
@@ -173,23 +172,6 @@ def test_overview_figure_rows_are_the_masks_with_most_accepted_candidates_accept
     assert rows == [[(2, 0), (2, 2), (2, 1)], [(1, 2), (1, 0), (1, 1)]]
 
 
-def test_organ_attention_conditioning_takes_its_pipeline_folder_and_no_controlnet(organ_attention_pipeline, tmp_path):
-    from mrgen.pipeline.demo import stage_names, synthesis_options, zoo_models
-
-    config = load_config(REPO / "training_configs/pipeline/demo.yml", PipelineConfig,
-                         ["models.conditioning=organ_attention", f"models.organ_attention={organ_attention_pipeline}"])
-    ckpt, controlnet = zoo_models(config)
-    assert ckpt == organ_attention_pipeline and controlnet is None
-    assert synthesis_options(config, ckpt, controlnet, tmp_path / "pair.yml", tmp_path / "run").controlnet is None
-    assert "train_organ_attention" in stage_names(load_config(
-        REPO / "training_configs/pipeline/demo.yml", PipelineConfig, ["models.conditioning=organ_attention",
-                                                                        "models.train=true"]))
-    missing = load_config(REPO / "training_configs/pipeline/demo.yml", PipelineConfig,
-                          ["models.conditioning=organ_attention", f"models.organ_attention={tmp_path / 'none'}"])
-    with pytest.raises(FileNotFoundError, match="make demo-full"):
-        zoo_models(missing)
-
-
 def test_self_trained_controlnet_conditioning_trains_organ_attention_first(tmp_path):
     from mrgen.config import ControlNetConfig
     from mrgen.pipeline.demo import stage_names, zoo_models
@@ -200,6 +182,9 @@ def test_self_trained_controlnet_conditioning_trains_organ_attention_first(tmp_p
     config = load_config(demo, PipelineConfig, [f"models.zoo={REPO / 'zoo/phantom'}",
                                                 f"models.self_trained_controlnet={tmp_path}"])
     assert zoo_models(config) == (REPO / "zoo/phantom", tmp_path)
+    missing = load_config(demo, PipelineConfig, [f"models.self_trained_controlnet={tmp_path / 'none'}"])
+    with pytest.raises(FileNotFoundError, match="make demo-full"):
+        zoo_models(missing)
     pair = load_config(REPO / "training_configs/controlnet/phantom_T1_to_T2-SPIR.yml", ControlNetConfig,
                        [f"self_training.organ_attention={tmp_path}", "train.cache_latents=false"])
     assert pair.self_training.organ_attention == str(tmp_path) and ControlNetConfig().self_training.organ_attention is None

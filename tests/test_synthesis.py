@@ -192,6 +192,12 @@ def test_a_run_that_failed_before_its_first_sample_can_be_rerun_with_other_setti
     assert synthesize(options())["candidates"] == 12  # its run_config.json, with no sample behind it, is replaced
 
 
+def test_a_pipeline_folder_without_a_controlnet_is_refused_before_any_work(options, organ_attention_pipeline, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing conditions on the mask"):
+        synthesize(options(ckpt=str(organ_attention_pipeline)))  # organ attention alone is not a synthesis path
+    assert not (tmp_path / "run").exists()
+
+
 def test_early_stop_generates_less(options):
     summary = synthesize(options(early_stop=True))
     assert summary["candidates"] == 6  # the first batch of 2 already passes (thresholds 0)

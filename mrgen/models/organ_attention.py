@@ -1,6 +1,6 @@
 """Organ-word attention: the prompt's organ words attend where their masks are.
 
-An alternative to the ControlNet for placing organs (docs/mask_following.md). In every
+It renders the target-look self-samples the self-trained ControlNet learns from (docs/mask_following.md). In every
 cross-attention layer of the UNet, the logits of an organ's prompt tokens get ``+ w_l * t / T`` at the latent
 pixels inside that organ's mask and ``- w_l * t / T`` outside it; an organ the prompt names but the slice lacks
 gets ``-`` everywhere. ``w_l`` is one learned number per layer (``OrganAttentionWeights``, the pipeline folder's

@@ -7,8 +7,8 @@ For each pair (source -> target) nnU-Net 2D is trained on
   (c) MRGen: synthetic target slices from source masks, after the quality filter,
   (d) (c) without the filter, and (c) from a ControlNet trained without target images (the ablation),
   (e) real target slices with their masks (D_t, the upper bound),
-and, where the zoo has it, (c) with the ControlNet self-trained on organ attention's target-modality samples (ours,
-not in the paper; ``c_organ_attention``, organ attention alone, runs when asked for), each evaluated in 3D on held-out
+and, where the zoo has it, (c) with the ControlNet self-trained on organ-word attention's target-modality samples
+(ours, not in the paper), each evaluated in 3D on held-out
 real target volumes (patients no model of the chain saw: the zoo was trained on another generator seed). Every arm's
 nnU-Net is trained with ``seeds`` seeds (the table shows the mean and the min-max range), on the CPU-lean plans by
 default (mrgen/nnunet/plans.py). Every synthesis run is also measured without the quality filter's help
@@ -39,22 +39,19 @@ from mrgen.synthesis.run import synthesize
 
 log = logging.getLogger(__name__)
 
-# key: (column title, offset of its nnU-Net dataset id; fixed, so that a new condition renumbers no earlier run)
+# key: (column title, offset of its nnU-Net dataset id; fixed, so that a new condition renumbers no earlier run;
+# 7 was organ attention alone, removed)
 CONDITIONS = {
     "a": ("D_s: real source", 1),
     "b": ("D_s + intensity augmentation", 2),
     "c": ("MRGen (filtered)", 3),
-    "c_organ_attention": ("MRGen, organ attention (filtered)", 7),
     "c_self_trained": ("MRGen, self-trained ControlNet (filtered)", 8),
     "d_unfiltered": ("MRGen without filter", 4),
     "d_no_target": ("MRGen, ControlNet without D_t images", 5),
     "e": ("D_t: real target (upper bound)", 6),
 }
-# organ attention alone is superseded by the ControlNet self-trained on its samples; run it with --conditions
-DEFAULT_CONDITIONS = [key for key in CONDITIONS if key != "c_organ_attention"]
 # the synthetic arms and the synthesis run each trains on
-SYNTHETIC_ARMS = {"c": "main", "c_organ_attention": "organ_attention", "c_self_trained": "self_trained",
-                  "d_unfiltered": "main", "d_no_target": "no_target"}
+SYNTHETIC_ARMS = {"c": "main", "c_self_trained": "self_trained", "d_unfiltered": "main", "d_no_target": "no_target"}
 UPPER_BOUND = "e"
 
 
@@ -65,7 +62,6 @@ class PairSpec:
     pair_config: str
     controlnet: str
     ablation_controlnet: str  # trained with data.use_target_images=false; "" if there is none
-    organ_attention: str = ""  # an organ-attention pipeline folder (train_organ_attention.py); "" if there is none
     self_trained_controlnet: str = ""  # a ControlNet trained with self_training; "" if there is none
 
     @property
@@ -85,7 +81,6 @@ class BenchmarkConfig:
     pairs: list[PairSpec] = field(default_factory=lambda: [
         PairSpec("T1-InPhase", "T2-SPIR", "training_configs/controlnet/phantom_T1_to_T2-SPIR.yml",
                  "zoo/phantom/controlnet_T1-InPhase_to_T2-SPIR", "zoo/phantom/controlnet_T1-InPhase_to_T2-SPIR_no_target_images",
-                 "zoo/phantom/organ_attention_T1-InPhase_to_T2-SPIR",
                  "zoo/phantom/controlnet_self_trained_T1-InPhase_to_T2-SPIR"),
         PairSpec("T2-SPIR", "T1-InPhase", "training_configs/controlnet/phantom_T2-SPIR_to_T1.yml",
                  "zoo/phantom/controlnet_T2-SPIR_to_T1-InPhase", ""),
@@ -99,7 +94,7 @@ class BenchmarkConfig:
     segmentation: SegmentationSection = field(
         default_factory=lambda: SegmentationSection(epochs=80, iterations=25, batch_size=8, plans=LEAN_PLANS))
     augmentation_copies: int = 2
-    conditions: list[str] = field(default_factory=lambda: list(DEFAULT_CONDITIONS))  # the columns to run
+    conditions: list[str] = field(default_factory=lambda: list(CONDITIONS))  # the columns to run
     # nnU-Net trainings per arm (seeds seed, seed + 1, ...); the table shows their mean and min-max range. One by
     # default: two do not fit the 2-hour CPU budget (docs/segmentation.md 4.3 gives one seed's measured spread)
     seeds: int = 1
@@ -145,12 +140,11 @@ def with_budget(config: BenchmarkConfig, budget: str) -> BenchmarkConfig:
 
 
 def with_zoo(config: BenchmarkConfig, zoo: str) -> BenchmarkConfig:
-    """The same pairs with their ControlNets and organ attention looked up by folder name in another zoo."""
+    """The same pairs with their ControlNets looked up by folder name in another zoo."""
     def moved(path: str) -> str:
         return str(Path(zoo) / Path(path).name) if path else ""
 
     pairs = [replace(p, controlnet=moved(p.controlnet), ablation_controlnet=moved(p.ablation_controlnet),
-                     organ_attention=moved(p.organ_attention),
                      self_trained_controlnet=moved(p.self_trained_controlnet)) for p in config.pairs]
     return replace(config, zoo=zoo, pairs=pairs)
 
@@ -240,8 +234,6 @@ class PairBenchmark:
             "a": lambda i, n: {"dataset": str(self.work.export_real(source_train, "train", i, n, size))},
             "b": lambda i, n: self.augmented(source_train, i, n),
             "c": lambda i, n: self.synthetic("main", "filtered", i, n),
-            "c_organ_attention": (lambda i, n: self.synthetic("organ_attention", "filtered", i, n))
-            if have(self.pair.organ_attention) else None,
             "c_self_trained": (lambda i, n: self.synthetic("self_trained", "filtered", i, n))
             if have(self.pair.self_trained_controlnet) else None,
             "d_unfiltered": lambda i, n: self.synthetic("main", "all", i, n),
@@ -259,14 +251,13 @@ class PairBenchmark:
         return {"dataset": str(augmented)}
 
     def synthetic(self, role: str, which: str, dataset_id: int, name: str) -> dict[str, Any]:
-        """Training set from the ``main``, ``no_target`` or ``self_trained`` ControlNet's run or the
-        ``organ_attention`` run: its ``filtered`` or ``all`` candidates. The self-trained ControlNet acts in both
+        """Training set from the ``main``, ``no_target`` or ``self_trained`` ControlNet's run: its ``filtered`` or
+        ``all`` candidates. The self-trained ControlNet acts in both
         guidance branches (it follows masks better so, docs/mask_following.md); the others as configured."""
         synthesis = self.config.synthesis
         ckpt, controlnet, synthesis = {
             "main": (self.config.zoo, self.pair.controlnet, synthesis),
             "no_target": (self.config.zoo, self.pair.ablation_controlnet, synthesis),
-            "organ_attention": (self.pair.organ_attention, None, synthesis),
             "self_trained": (self.config.zoo, self.pair.self_trained_controlnet,
                              replace(synthesis, control_conditional_only=False))}[role]
         log_dir = self.out / f"synthesis_{role}"
@@ -279,11 +270,11 @@ class PairBenchmark:
             return {"samples": 0, "synthesis": summary}
         return {"dataset": str(self.work.export_synthetic(files, dataset_id, name)), "samples": samples, "synthesis": summary}
 
-    def synthesize(self, ckpt: str, controlnet: str | None, synthesis: SynthesisSection, log_dir: Path) -> dict[str, Any]:
+    def synthesize(self, ckpt: str, controlnet: str, synthesis: SynthesisSection, log_dir: Path) -> dict[str, Any]:
         pipeline = PipelineConfig(seed=self.config.seed, source=self.pair.source, target=self.pair.target,
                                   synthesis=synthesis)
         pair = pair_config_for(self.pair.pair_config, log_dir.parent, self.data)
-        options = synthesis_options(pipeline, Path(ckpt), None if controlnet is None else Path(controlnet), pair, log_dir)
+        options = synthesis_options(pipeline, Path(ckpt), Path(controlnet), pair, log_dir)
         return synthesize(options)
 
 
@@ -294,7 +285,7 @@ def run_benchmark(config: BenchmarkConfig) -> Path:
     chosen = config.chosen_pairs()
     per_arm = [name for key in CONDITIONS for name in (key, *(f"{key}_seed{seed}" for seed in config.seed_list()))]
     stages = ["dataset"] + [f"pair{i}_{s}" for i, _ in chosen
-                            for s in ("test_set", "synthesis_main", "synthesis_no_target", "synthesis_organ_attention",
+                            for s in ("test_set", "synthesis_main", "synthesis_no_target",
                                       "synthesis_self_trained", *per_arm, "measures")]
     runner = StageRunner(out, stages)
     data = out / "phantom"
@@ -337,7 +328,7 @@ def write_outputs(out: Path, config: BenchmarkConfig, results: dict[str, dict[st
 
 
 RUN_TITLES = {"main": "MRGen ControlNet", "no_target": "ControlNet without D_t images",
-              "self_trained": "self-trained ControlNet", "organ_attention": "organ attention"}
+              "self_trained": "self-trained ControlNet"}
 
 
 def evaluated(result: dict[str, Any] | None) -> bool:

@@ -20,19 +20,17 @@ class DatasetSection:
 class ModelsSection:
     """Start from the model zoo (``train: false``) or train every model from scratch (``train: true``).
 
-    ``conditioning`` is how the mask reaches the UNet: a ControlNet (the original), organ-word attention
-    (``mrgen.models.organ_attention``; docs/mask_following.md), or a ControlNet self-trained on organ
-    attention's target-modality samples (``self_training`` in the ControlNet config; trained from scratch
-    it needs the organ-attention stage first). ``pair_config`` is the ControlNet pair config and
-    ``organ_attention_config`` the organ-attention one; their ``data_root`` is pointed at this run's dataset. The
-    ``*_overrides`` are ``key=value`` overrides for the training configs when training.
+    ``conditioning`` is how the mask reaches the UNet: a ControlNet (the original), or a ControlNet self-trained on
+    organ-word attention's target-modality samples (``self_training`` in the ControlNet config; trained from
+    scratch it needs the organ-attention stage first; docs/mask_following.md). ``pair_config`` is the ControlNet
+    pair config and ``organ_attention_config`` the organ-attention one; their ``data_root`` is pointed at this run's
+    dataset. The ``*_overrides`` are ``key=value`` overrides for the training configs when training.
     """
 
     train: bool = False
-    conditioning: Literal["controlnet", "organ_attention", "self_trained_controlnet"] = "controlnet"
+    conditioning: Literal["controlnet", "self_trained_controlnet"] = "controlnet"
     zoo: str = "zoo/phantom"
     controlnet: str = "zoo/phantom/controlnet_T1-InPhase_to_T2-SPIR"
-    organ_attention: str = "zoo/phantom/organ_attention_T1-InPhase_to_T2-SPIR"  # a pipeline folder
     self_trained_controlnet: str = "zoo/phantom/controlnet_self_trained_T1-InPhase_to_T2-SPIR"
     pair_config: str = "training_configs/controlnet/phantom_T1_to_T2-SPIR.yml"
     organ_attention_config: str = "training_configs/organ_attention/phantom_T1_to_T2-SPIR.yml"

@@ -1,6 +1,6 @@
 """The whole chain on the simulated dataset, stage by stage, ending in ``report.md``.
 
-dataset -> (train VAE, UNet, and ControlNet and/or organ attention, or take the model zoo) -> synthesis with filtering ->
+dataset -> (train VAE, UNet and ControlNet, or take the model zoo) -> synthesis with filtering ->
 mask-following -> nnU-Net dataset -> short nnU-Net training -> 3D evaluation on real target volumes ->
 report. Every stage writes plain files under ``out``; a finished stage is not redone, a killed one resumes.
 """
@@ -27,7 +27,7 @@ from mrgen.synthesis.run import SynthesisOptions, synthesize
 log = logging.getLogger(__name__)
 
 
-CONDITIONING_STAGES = {"controlnet": ["train_controlnet"], "organ_attention": ["train_organ_attention"],
+CONDITIONING_STAGES = {"controlnet": ["train_controlnet"],
                        "self_trained_controlnet": ["train_organ_attention", "train_controlnet"]}
 
 
@@ -45,8 +45,9 @@ def pair_config_for(config_path: str, out: Path, data: Path, name: str = "pair.y
 
 
 def train_models(config: PipelineConfig, runner: StageRunner, out: Path, data: Path,
-                 pair: Path) -> tuple[Path, Path | None]:
-    """Train the VAE, the UNet and the mask conditioning; (pipeline folder, ControlNet folder or None)."""
+                 pair: Path) -> tuple[Path, Path]:
+    """Train the VAE, the UNet and the ControlNet (after organ attention, if self-trained); (pipeline folder,
+    ControlNet folder)."""
     from mrgen.training import train_controlnet, train_organ_attention, train_unet, train_vae
 
     m = config.models
@@ -68,8 +69,6 @@ def train_models(config: PipelineConfig, runner: StageRunner, out: Path, data: P
         runner.run("train_organ_attention", lambda: {"pipeline": str(train_organ_attention(load_config(
             config_path, OrganAttentionConfig, [*conditioning("organ_attention"), *m.organ_attention_overrides]),
             resume="latest"))})
-    if m.conditioning == "organ_attention":
-        return folders["organ_attention"], None
     self_training = [f"self_training.organ_attention={folders['organ_attention']}", "train.cache_latents=false"] \
         if m.conditioning == "self_trained_controlnet" else []
     runner.run("train_controlnet", lambda: {"pipeline": str(train_controlnet(load_config(
@@ -78,28 +77,23 @@ def train_models(config: PipelineConfig, runner: StageRunner, out: Path, data: P
     return folders["controlnet"], folders["controlnet"]
 
 
-def zoo_models(config: PipelineConfig) -> tuple[Path, Path | None]:
-    """(pipeline folder, ControlNet folder or None) from the model zoo."""
+def zoo_models(config: PipelineConfig) -> tuple[Path, Path]:
+    """(pipeline folder, ControlNet folder) from the model zoo."""
     m = config.models
-    if m.conditioning == "organ_attention":
-        ckpt, controlnet = Path(m.organ_attention), None
-        needed = [ckpt / "vae", ckpt / "unet", ckpt / "organ_attention"]
-    else:
-        ckpt = Path(m.zoo)
-        controlnet = Path(m.self_trained_controlnet if m.conditioning == "self_trained_controlnet" else m.controlnet)
-        needed = [ckpt / "vae", ckpt / "unet", controlnet]
-    for folder in needed:
+    ckpt = Path(m.zoo)
+    controlnet = Path(m.self_trained_controlnet if m.conditioning == "self_trained_controlnet" else m.controlnet)
+    for folder in (ckpt / "vae", ckpt / "unet", controlnet):
         if not folder.is_dir():
             raise FileNotFoundError(f"model zoo folder {folder} is missing: train the zoo (zoo/phantom/README.md) "
                                     f"or run the chain from scratch with models.train=true (make demo-full)")
     return ckpt, controlnet
 
 
-def synthesis_options(config: PipelineConfig, ckpt: Path, controlnet: Path | None, pair: Path,
+def synthesis_options(config: PipelineConfig, ckpt: Path, controlnet: Path, pair: Path,
                       log_dir: Path) -> SynthesisOptions:
     """The synthesis flags: the config's synthesis section (every key is a flag of the same name) plus the run's paths."""
     return SynthesisOptions(**dataclasses.asdict(config.synthesis), ckpt=str(ckpt),
-                            controlnet=None if controlnet is None else str(controlnet),
+                            controlnet=str(controlnet),
                             config=str(pair), log_dir=str(log_dir), modality=modality_key(config.target),
                             seed=config.seed, num_gpus=1)
 

@@ -43,8 +43,7 @@ log = logging.getLogger(__name__)
 # Keys of run_config.json that may differ on a resumed run without mixing incompatible samples
 # (the checkpoints are compared by their hashes, so a moved checkpoint folder is fine).
 RESUMABLE_DIFFERENCES = {"part_id", "num_gpus", "processes", "thresholds", "top_k", "relax", "keep_relaxed",
-                         "sample_per_mask", "max_masks", "log_dir", "ckpt", "controlnet",
-                         "organ_attention"}
+                         "sample_per_mask", "max_masks", "log_dir", "ckpt", "controlnet"}
 
 
 @dataclass
@@ -240,7 +239,7 @@ class Synthesizer:
         seeds = [candidate_seed(self.options.seed, job.index, t) for t in tries]
         started = time.perf_counter()
         evaluations_before = self.sampler.unet_evaluations
-        images = self.sampler.generate(torch.from_numpy(job.condition), job.prompt, seeds, job.organ_masks)
+        images = self.sampler.generate(torch.from_numpy(job.condition), job.prompt, seeds)
         generation_seconds = (time.perf_counter() - started) / len(tries)
         evaluations = (self.sampler.unet_evaluations - evaluations_before) // len(tries)
         for try_index, seed, image in zip(tries, seeds, images):
@@ -316,15 +315,11 @@ def write_run_config(layout: RunLayout, run_config: dict[str, Any]) -> None:
     atomic_write_json(layout.run_config, run_config)
 
 
-
 def load_pair(config_path: str) -> PairConfig:
-    """The pair of a ControlNet or an organ-attention config (both hold it as ``data``)."""
-    from mrgen.config import ConfigError, ControlNetConfig, OrganAttentionConfig, load_config
+    """The pair (``data``) of a ControlNet config."""
+    from mrgen.config import ControlNetConfig, load_config
 
-    try:
-        pair = load_config(config_path, ControlNetConfig).data
-    except ConfigError:
-        pair = load_config(config_path, OrganAttentionConfig).data
+    pair = load_config(config_path, ControlNetConfig).data
     if pair is None:
         raise ValueError(f"{config_path}: no 'data' section; synthesis needs the pair config the model was trained with")
     if not pair.inference_indexes:
@@ -372,18 +367,17 @@ def filter_settings(options: SynthesisOptions) -> dict[str, Any]:
 
 
 def model_folders(options: SynthesisOptions) -> dict[str, Path]:
-    """The weights the samples depend on: VAE, UNet, and the ControlNet and/or organ attention."""
-    from mrgen.models.builders import CONTROLNET, ORGAN_ATTENTION, UNET, VAE, ModelFolderError, component_dir
+    """The weights the samples depend on: VAE, UNet and ControlNet."""
+    from mrgen.models.builders import CONTROLNET, UNET, VAE, ModelFolderError, component_dir
 
     folders = {"vae": component_dir(options.ckpt, VAE), "unet": component_dir(options.ckpt, UNET)}
     if options.controlnet:
         folders["controlnet"] = component_dir(options.controlnet, CONTROLNET)
-    for name, component in (("controlnet", CONTROLNET), ("organ_attention", ORGAN_ATTENTION)):
-        if name not in folders and (Path(options.ckpt) / component).is_dir():
-            folders[name] = component_dir(options.ckpt, component)
-    if "controlnet" not in folders and "organ_attention" not in folders:
+    elif (Path(options.ckpt) / CONTROLNET).is_dir():
+        folders["controlnet"] = component_dir(options.ckpt, CONTROLNET)
+    else:
         raise ModelFolderError(f"{options.ckpt}: nothing conditions on the mask; pass --controlnet (a ControlNet "
-                               f"folder) or a --ckpt with controlnet/ or organ_attention/ (train_organ_attention.py)")
+                               f"folder) or a --ckpt with controlnet/")
     return folders
 
 
@@ -396,20 +390,17 @@ def prepare_run(options: SynthesisOptions, pair: PairConfig, processes: int) -> 
     modality = target_modality(options, pair)
     registry.attributes(modality)
     channels = pair.encoding.channels
-    if "controlnet" in folders:
-        controlnet_channels = read_json(folders["controlnet"] / "config.json").get("conditioning_channels")
-        if channels != options.channels or channels != controlnet_channels:
-            raise ValueError(f"--channels {options.channels}, the intensity-coded mask ({channels} channel) and the "
-                             f"ControlNet's conditioning_channels ({controlnet_channels}) must agree")
+    controlnet_channels = read_json(folders["controlnet"] / "config.json").get("conditioning_channels")
+    if channels != options.channels or channels != controlnet_channels:
+        raise ValueError(f"--channels {options.channels}, the intensity-coded mask ({channels} channel) and the "
+                         f"ControlNet's conditioning_channels ({controlnet_channels}) must agree")
     if options.filter == "sam2":
         build_filter(options, torch.device("cpu"))  # a missing checkpoint fails here, before any generation
     entries = inference_entries(pair)
     size = options.size or int(read_json(folders["vae"] / "config.json")["sample_size"])
     run_config = describe_run(options, pair, modality, size, pair_prompt(pair, registry, entries[0], modality),
                               checkpoint_hashes(folders), filter_settings(options))
-    run_config.update(controlnet=str(folders["controlnet"]) if "controlnet" in folders else None,
-                      organ_attention=str(folders["organ_attention"]) if "organ_attention" in folders else None,
-                      processes=processes)
+    run_config.update(controlnet=str(folders["controlnet"]), processes=processes)
     write_run_config(layout_for(options, pair), run_config)
     return run_config
 
@@ -418,13 +409,13 @@ def _device(rank: int) -> torch.device:
     return torch.device(f"cuda:{rank}") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def make_sampler(options: SynthesisOptions, pair: PairConfig, device: torch.device) -> MaskSampler:
+def make_sampler(options: SynthesisOptions, device: torch.device) -> MaskSampler:
     from mrgen.models.pipeline_folder import load_pipeline_components
 
     half = options.half if options.half is not None else device.type == "cuda"
     dtype = torch.float16 if half else torch.float32
     parts = load_pipeline_components(options.ckpt, controlnet_path=options.controlnet, device=device, dtype=dtype)
-    return make_mask_sampler(parts, pair.organs, options.scheduler, options.steps, options.guidance_scale,
+    return make_mask_sampler(parts, options.scheduler, options.steps, options.guidance_scale,
                              options.controlnet_scale, options.control_conditional_only, device, dtype)
 
 
@@ -448,7 +439,7 @@ def _work(rank: int, options: SynthesisOptions, processes: int, threads: int = 0
     entries = inference_entries(pair)
     modality, size = run_config["modality"], run_config["size"]
     synthesizer = Synthesizer(
-        options, pair, layout, run_config, make_sampler(options, pair, device), build_filter(options, device),
+        options, pair, layout, run_config, make_sampler(options, device), build_filter(options, device),
         lambda i: mask_job(i, entries[i], pair, registry, modality, size),
         my_masks(options, len(entries), rank, processes), rank, processes,
     )

@@ -1,22 +1,16 @@
 """Mask-conditioned sampling for synthesis: the shared denoising loop (``mrgen.models.sampling``) with
 per-candidate seeds (``mrgen.synthesis.seeds``), so any single sample can be regenerated exactly from its
-recorded seed, and a count of the UNet evaluations spent.
-
-The mask reaches the UNet through a ControlNet (the original), through organ-word attention
-(``mrgen.models.organ_attention``, when the pipeline folder has ``organ_attention/``), or through both.
+recorded seed, and a count of the UNet evaluations spent. The mask reaches the UNet through a ControlNet.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, Sequence
+from typing import Any, Callable, Protocol
 
-import numpy as np
 import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
-from mrgen.models.organ_attention import OrganAttention, stack_organ_masks
 from mrgen.models.sampling import denoise, forward_passes
 from mrgen.synthesis.seeds import initial_noise
 
@@ -43,7 +37,7 @@ class TextEncoder(Protocol):
 class MaskSampler:
     vae: Any
     unet: Any
-    controlnet: Any | None
+    controlnet: Any
     text_encoder: TextEncoder
     scheduler: Any
     steps: int = 50
@@ -52,7 +46,6 @@ class MaskSampler:
     control_conditional_only: bool = False
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
-    organ_attention: OrganAttention | None = None
     unet_evaluations: int = 0
     _contexts: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
@@ -69,43 +62,27 @@ class MaskSampler:
         return self.vae.config.latent_channels, size // factor, size // factor
 
     @torch.no_grad()
-    def generate(self, condition: torch.Tensor, prompt: str, seeds: list[int],
-                 organ_masks: Sequence[np.ndarray | None] | None = None) -> torch.Tensor:
-        """``condition`` (C, S, S) in [-1, 1] (for the ControlNet) and its decoded per-organ ``organ_masks`` (for
-        organ attention) -> images (len(seeds), 1, S, S) in [-1, 1], on the CPU."""
+    def generate(self, condition: torch.Tensor, prompt: str, seeds: list[int]) -> torch.Tensor:
+        """``condition`` (C, S, S) in [-1, 1] -> images (len(seeds), 1, S, S) in [-1, 1], on the CPU."""
         batch = len(seeds)
         latents = initial_noise(seeds, self.latent_shape(condition.shape[-1])).to(self.device, self.dtype)
-        control = condition.to(self.device, self.dtype)[None].expand(batch, -1, -1, -1) if self.controlnet else None
-        with self._organ_bias(prompt, organ_masks, batch, condition.shape[-2:]):
-            images = denoise(self.unet, self.vae, self.scheduler, latents, self._context(prompt).expand(batch, -1, -1),
-                             self._context(""), self.steps, self.guidance_scale, self.controlnet, control,
-                             self.controlnet_scale, self.control_conditional_only)
+        control = condition.to(self.device, self.dtype)[None].expand(batch, -1, -1, -1)
+        images = denoise(self.unet, self.vae, self.scheduler, latents, self._context(prompt).expand(batch, -1, -1),
+                         self._context(""), self.steps, self.guidance_scale, self.controlnet, control,
+                         self.controlnet_scale, self.control_conditional_only)
         self.unet_evaluations += forward_passes(batch, self.steps, self.guidance_scale)
         return images
 
-    def _organ_bias(self, prompt: str, organ_masks: Sequence[np.ndarray | None] | None, batch: int,
-                    shape: tuple[int, int]) -> contextlib.AbstractContextManager:
-        if self.organ_attention is None:
-            return contextlib.nullcontext()
-        if organ_masks is None:
-            raise ValueError("this sampler uses organ attention: pass the organ masks to generate()")
-        masks = stack_organ_masks(organ_masks, shape)
-        return self.organ_attention.conditioned([prompt] * batch, np.broadcast_to(masks, (batch, *masks.shape)))
 
-
-def make_mask_sampler(parts: Any, organs: Sequence[str], scheduler: str, steps: int, guidance_scale: float,
+def make_mask_sampler(parts: Any, scheduler: str, steps: int, guidance_scale: float,
                       controlnet_scale: float = 1.0, control_conditional_only: bool = False,
                       device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> MaskSampler:
     """A sampler from loaded pipeline components (``mrgen.models.pipeline_folder.PipelineComponents``)."""
     if parts.unet is None or parts.scheduler_config is None:
         raise ValueError("the pipeline folder must hold vae/, unet/ and scheduler/")
-    if parts.controlnet is None and parts.organ_attention is None:
+    if parts.controlnet is None:
         raise ValueError("nothing conditions on the mask: give a ControlNet (controlnet/ in the pipeline folder or "
-                         "--controlnet) or a pipeline folder with organ_attention/ (train_organ_attention.py)")
-    attention = None
-    if parts.organ_attention is not None:
-        attention = OrganAttention(parts.unet, parts.organ_attention, parts.text_encoder.tokenizer, organs,
-                                   int(parts.scheduler_config["num_train_timesteps"]))
+                         "--controlnet)")
     return MaskSampler(parts.vae, parts.unet, parts.controlnet, parts.text_encoder,
                        make_scheduler(scheduler, parts.scheduler_config), steps, guidance_scale, controlnet_scale,
-                       control_conditional_only, torch.device(device), dtype, attention)
+                       control_conditional_only, torch.device(device), dtype)

@@ -18,7 +18,7 @@ from mrgen import viz
 from mrgen.data.index import IndexEntry, save_index
 from mrgen.data.modalities import load_registry
 from mrgen.data.phantom.anatomy import ORGANS
-from mrgen.data.phantom.cases import PhantomCase, case_id, simulate_case, split_cases
+from mrgen.data.phantom.cases import PhantomCase, simulate_case, split_cases
 from mrgen.data.phantom.geometry import DEFAULT_SIZE, DEFAULT_SLICES, Geometry
 from mrgen.data.phantom.physics import FAT_T1_MS, FAT_T2_MS, SEQUENCES, TISSUES, Tissue
 from mrgen.io.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text
