@@ -14,7 +14,7 @@ import logging
 
 from mrgen.cli import exit_on_user_error
 from mrgen.config import ORIGINAL_PAIR_CONFIG
-from mrgen.synthesis.run import SynthesisOptions, synthesize
+from mrgen.synthesis.run import SELECTIONS, SynthesisOptions, synthesize
 
 
 def parse_args(argv: list[str] | None = None) -> SynthesisOptions:
@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> SynthesisOptions:
     p.add_argument("--top_k", type=int, default=5, help="candidates per mask the rule looks at, by mean IoU")
     p.add_argument("--relax", type=float, default=0.10, help="how much the thresholds drop when too few pass")
     p.add_argument("--keep_relaxed", type=int, default=1, help="samples kept per mask by the relaxed rule")
+    p.add_argument("--selection", default="original", choices=list(SELECTIONS),
+                   help="original: every present organ and the means must pass; per_organ (ours): one organ passing "
+                        "keeps a candidate, its failing organs get nnU-Net's ignore label in the export")
     p.add_argument("--scheduler", default="ddim", choices=["ddim", "dpm-solver++", "unipc"])
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance_scale", type=float, default=7.0)

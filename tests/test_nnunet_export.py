@@ -68,6 +68,35 @@ def test_png_export_labels_overlay_and_empties(tmp_path, caplog):
     assert meta["numTraining"] == 6 and meta["file_ending"] == ".png" and meta["channel_names"] == {"0": "MR"}
 
 
+def _with_ignored_spleen(source: Path) -> Path:
+    """The same JSON with the first slice's spleen (mask 3) untrusted, as the per-organ selection rule writes it."""
+    entries = json.loads(source.read_text())
+    entries[0]["ignored_masks"] = [3]
+    path = source.with_name("ignored.json")
+    path.write_text(json.dumps(entries))
+    return path
+
+
+def test_an_ignored_organ_becomes_the_ignore_label_over_its_search_box(tmp_path, caplog):
+    caplog.set_level("INFO")
+    report = export_json_files([_with_ignored_spleen(_synthetic_json(tmp_path / "synth"))], tmp_path / "raw",
+                               ExportOptions(3, "Ignored", CHAOS))
+    labels = read_gray(report.dataset_dir / "labelsTr" / "0_T2-SPIR_Abdomen_MRI_0.png")
+    # the spleen square covers rows 18-26 (soft edge 17), columns 4-19; its box grows by 2 px on every side
+    assert labels[25, 10] == 5 and labels[28, 3] == 5  # inside the square, and in the margin
+    assert labels[17, 10] == 3  # a trusted organ keeps its label inside the box
+    assert labels[30, 10] == 0 and 4 not in labels  # outside the box: background; no spleen label anywhere
+    assert 4 in read_gray(report.dataset_dir / "labelsTr" / "1_T2-SPIR_Abdomen_MRI_0.png")  # other slices untouched
+    meta = json.loads((report.dataset_dir / "dataset.json").read_text())
+    assert meta["labels"] == {"background": 0, "liver": 1, "right kidney": 2, "left kidney": 3, "spleen": 4, "ignore": 5}
+    assert report.with_ignored == 1 and "with an ignore region: 1" in caplog.text
+    bad = json.loads((tmp_path / "synth" / "ignored.json").read_text())
+    bad[0]["ignored_masks"] = [4]
+    (tmp_path / "synth" / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ExportError, match=r"entry 0: 'ignored_masks' must be a list of mask indices in \[0, 4\)"):
+        load_items(tmp_path / "synth" / "bad.json", CHAOS)
+
+
 def test_nifti_export_carries_in_plane_spacing(tmp_path):
     source = _synthetic_json(tmp_path / "synth", n=2, key="mask{}_path", spacing=[0.7, 0.9])
     report = export_json_files([source], tmp_path / "raw", ExportOptions(2, "SynthNii", CHAOS, "nifti", size=48))
@@ -162,20 +191,22 @@ def test_lean_environment_and_trainer_discovery(tmp_path, monkeypatch):
 
 
 def test_exports_pass_nnunet_integrity_check(tmp_path):
-    """PNG and NIfTI exports through nnU-Net's own plan_and_preprocess --verify_dataset_integrity."""
+    """PNG and NIfTI exports, and one with an ignore label, through nnU-Net's own plan_and_preprocess
+    --verify_dataset_integrity."""
     paths = NnUNetPaths.under(tmp_path)
     paths.create()
     source = _synthetic_json(tmp_path / "synth", n=4, spacing=[0.8, 0.8])
     export_json_files([source], paths.raw, ExportOptions(901, "VerifyPng", CHAOS))
     export_json_files([source], paths.raw, ExportOptions(902, "VerifyNii", CHAOS, "nifti"))
+    export_json_files([_with_ignored_spleen(source)], paths.raw, ExportOptions(903, "VerifyIgnore", CHAOS))
     # planning without preprocessing (--no_pp) is all the check needs and saves a worker pool
-    command = ["nnUNetv2_plan_and_preprocess", "-d", "901", "902", "-c", "2d", "--verify_dataset_integrity",
+    command = ["nnUNetv2_plan_and_preprocess", "-d", "901", "902", "903", "-c", "2d", "--verify_dataset_integrity",
                "--no_pp", "-npfp", "1"]
     bin_dir = Path(sys.executable).parent
     done = subprocess.run([str(bin_dir / command[0]), *command[1:]], capture_output=True, text=True,
                           env=lean_environment(paths, "plan"), cwd=tmp_path, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert done.stdout.count("verify_dataset_integrity Done") == 2
+    assert done.stdout.count("verify_dataset_integrity Done") == 3  # the third with nnU-Net's ignore label
     # NIfTI: 0.8 mm on the entries' 64 px grid is 1.6 mm on the stored 32 px images; PNG has no spacing
     for name, spacing in (("Dataset901_VerifyPng", [1.0, 1.0]), ("Dataset902_VerifyNii", [1.6, 1.6])):
         plans = json.loads((paths.preprocessed / name / "nnUNetPlans.json").read_text())

@@ -65,9 +65,9 @@ def test_benchmark_in_miniature_writes_a_full_table(pipeline, tmp_path, monkeypa
     for name in ("controlnet_T1-InPhase_to_T2-SPIR", "controlnet_T1-InPhase_to_T2-SPIR_no_target_images",
                  "controlnet_self_trained_T1-InPhase_to_T2-SPIR"):
         shutil.copytree(pipeline / "controlnet", zoo / name)
-    # three columns, two nnU-Net seeds each: a real-data arm, a synthetic arm and the upper bound (which also
-    # measures the synthetic candidates' fidelity)
-    config = BenchmarkConfig(out=str(tmp_path / "bench"), conditions=["b", "c", "e"])
+    # four columns, two nnU-Net seeds each: a real-data arm, a synthetic arm under both selection rules and the upper
+    # bound (which also measures the synthetic candidates' fidelity)
+    config = BenchmarkConfig(out=str(tmp_path / "bench"), conditions=["b", "c", "c_per_organ", "e"])
     config = with_zoo(with_budget(config, "mini"), str(zoo))
     config = replace(config, pairs=config.pairs[:1], seeds=2,
                      synthesis=replace(config.synthesis, iou_threshold=0, confidence_threshold=0, avg_iou_threshold=0,
@@ -75,7 +75,7 @@ def test_benchmark_in_miniature_writes_a_full_table(pipeline, tmp_path, monkeypa
     table = run_benchmark(config).read_text()
     row = next(line for line in table.splitlines() if line.startswith("| T1-InPhase -> T2-SPIR |"))
     cells = [c.strip() for c in row.strip("|").split("|")[1:]]
-    assert len(cells) == 3 and all(c != "n/a" for c in cells), row
+    assert len(cells) == 4 and all(c != "n/a" for c in cells), row
     assert (tmp_path / "bench" / "benchmark.png").is_file()
     result = json.loads((tmp_path / "bench" / "benchmark.json").read_text())
     arms = result["results"]["T1-InPhase -> T2-SPIR"]
@@ -111,7 +111,7 @@ def test_benchmark_table_marks_a_condition_without_accepted_samples(tmp_path):
     row = next(line for line in table.read_text().splitlines() if line.startswith("| T1-InPhase -> T2-SPIR |"))
     columns = [c.strip() for c in table.read_text().splitlines()[4].split("|")[2:-1]]
     assert columns == [title for title, _ in CONDITIONS.values()]
-    assert row.split("|")[2:-1] == [" 10.0 ", " 20.0 ", " n/a ", " n/a ", " 30.0 ", " n/a ", " 90.0 "]
+    assert row.split("|")[2:-1] == [" 10.0 ", " 20.0 ", " n/a ", " n/a ", " n/a ", " n/a ", " 30.0 ", " n/a ", " 90.0 "]
     assert (tmp_path / "benchmark.png").is_file()
 
 

@@ -61,3 +61,18 @@ def test_early_stop_agrees_with_the_rule():
     rule = SelectionRule()
     assert not rule.enough_strict([GOOD, BAD])
     assert rule.enough_strict([GOOD, BAD, GOOD2])
+
+
+def test_per_organ_rule_keeps_a_candidate_one_organ_of_which_passes_and_names_the_others():
+    rule = SelectionRule(per_organ=True)
+    one_good_organ = s([0.95, 0.2, 0, 0.5], [0.95, 0.3, 0, 0.9])  # mean IoU 0.55: the original rule rejects it
+    assert not rule.thresholds.passes(one_good_organ)
+    assert rule.select([("a", one_good_organ), ("b", BAD), ("c", GOOD)]) == (["c", "a"], "strict")
+    assert rule.failing_organs(one_good_organ, present=[0, 1, 3], how="strict") == [1, 3]
+    assert rule.failing_organs(GOOD, present=[0, 1, 3], how="strict") == []
+    assert rule.select([("a", BAD)]) == ([], "none")
+    assert rule.enough_strict([one_good_organ, GOOD]) and not SelectionRule().enough_strict([one_good_organ, GOOD])
+    relaxed_only = s([0.65, 0.1], [0.75, 0.1])
+    assert rule.select([("a", relaxed_only)]) == (["a"], "relaxed")
+    assert rule.failing_organs(relaxed_only, present=[0, 1], how="relaxed") == [1]
+    assert "per organ" in rule.describe() and "mean IoU 0.80" in SelectionRule().describe()

@@ -179,6 +179,28 @@ def test_changed_arguments_are_refused_and_merge_reselects(options):
     assert strict["accepted"] == 0 and strict["candidates"] == 12
 
 
+def test_merge_with_the_per_organ_rule_keeps_slices_and_names_their_untrusted_organs(options):
+    synthesize(options())
+    # a candidate with two present organs of different IoU; a threshold between them passes only the better one
+    record = next(r for r in _records(options().log_dir)
+                  if len({v for v in r["organ_iou"] if v > 0}) >= 2)
+    scores = [v for v in record["organ_iou"] if v > 0]
+    threshold = (max(scores) + min(scores)) / 2
+    per_organ = options(merge=True, selection="per_organ", iou_threshold=threshold, confidence_threshold=0.0,
+                        avg_iou_threshold=1.01, avg_confidence_threshold=1.01, sample_per_mask=4, relax=0.0)
+    summary = synthesize(per_organ)
+    assert summary["accepted"] > 0
+    kept = next(r for r in _records(per_organ.log_dir) if (r["mask_index"], r["try"]) == (record["mask_index"], record["try"]))
+    present = [k for k, organ in enumerate(kept["label"]) if organ in kept["organs"]]
+    assert kept["accepted"] and kept["ignored_masks"] == [k for k in present if kept["organ_iou"][k] < threshold] != []
+    filtered = json.loads(next((Path(per_organ.log_dir) / "json_files").glob("*_filtered.json")).read_text())
+    assert all("ignored_masks" in item for item in filtered) and len(filtered) == summary["accepted"]
+    assert "per organ" in (Path(per_organ.log_dir) / "README.md").read_text()
+    original = synthesize(options(merge=True, iou_threshold=threshold, confidence_threshold=0.0,
+                                  avg_iou_threshold=1.01, avg_confidence_threshold=1.01))
+    assert original["accepted"] == 0 and "ignored_masks" not in _records(per_organ.log_dir)[0]
+
+
 def test_a_run_that_failed_before_its_first_sample_can_be_rerun_with_other_settings(options, monkeypatch):
     import mrgen.synthesis.run as run
 

@@ -116,3 +116,11 @@ class MaskEncoding:
     def _min_gap(self, num_organs: int) -> float:
         codes = sorted([0.0, *self.weights[:num_organs]])
         return min(b - a for a, b in zip(codes, codes[1:]))
+
+
+def box_with_margin(mask: np.ndarray, margin: float) -> tuple[slice, slice]:
+    """The bounding box of a non-empty mask grown on every side by ``margin`` of its larger side (at least 2 px)."""
+    rows, cols = np.nonzero(mask)
+    pad = max(2, int(round(margin * max(np.ptp(rows) + 1, np.ptp(cols) + 1))))
+    return (slice(max(rows.min() - pad, 0), min(rows.max() + pad + 1, mask.shape[0])),
+            slice(max(cols.min() - pad, 0), min(cols.max() + pad + 1, mask.shape[1])))

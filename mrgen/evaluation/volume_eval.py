@@ -263,7 +263,8 @@ def labels_from_dataset_json(path: Path) -> EvaluationLabels:
         raise EvaluationInputError(f"no label mapping given and no dataset.json at {path}; pass "
                                    f"--target_dataset/--source_dataset (e.g. CHAOSMR) or a mapping JSON")
     labels = json.loads(path.read_text(encoding="utf-8"))["labels"]
-    return EvaluationLabels({name: (int(i),) for name, i in labels.items() if name != "background"}, str(path))
+    return EvaluationLabels({name: (int(i),) for name, i in labels.items()
+                            if name not in ("background", "ignore")}, str(path))
 
 
 @dataclass

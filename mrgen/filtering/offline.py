@@ -31,6 +31,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_multiotsu
 
+from mrgen.data.preprocess import box_with_margin
 from mrgen.filtering.base import FilterScores, iou, present
 
 
@@ -43,7 +44,7 @@ class ClassicalSegmenter:
 
     def segment(self, image: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, float]:
         """Segment the organ the mask prompts; return (segmentation, confidence)."""
-        box = _box_with_margin(mask, self.margin)
+        box = box_with_margin(mask, self.margin)
         crop = ndimage.gaussian_filter(image[box].astype(np.float32), self.smoothing)
         click = _most_interior_pixel(mask[box])
         segmentation = np.zeros(image.shape, bool)
@@ -91,13 +92,6 @@ class OfflineFilter:
             ious.append(iou(segmentation, mask))
             confidences.append(confidence if ious[-1] > 0 else 0.0)
         return regions, FilterScores(ious, confidences)
-
-
-def _box_with_margin(mask: np.ndarray, margin: float) -> tuple[slice, slice]:
-    rows, cols = np.nonzero(mask)
-    pad = max(2, int(round(margin * max(np.ptp(rows) + 1, np.ptp(cols) + 1))))
-    return (slice(max(rows.min() - pad, 0), min(rows.max() + pad + 1, mask.shape[0])),
-            slice(max(cols.min() - pad, 0), min(cols.max() + pad + 1, mask.shape[1])))
 
 
 def _most_interior_pixel(mask: np.ndarray) -> tuple[int, int]:

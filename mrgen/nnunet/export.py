@@ -7,6 +7,11 @@ original) and multiplied by its id; organs combined by per-pixel max into one la
 ``visualizationTr``; empty label maps counted and reported. Several JSONs can be merged, each sampled at
 its own ratio with a seeded RNG (the original's ``merg_json``).
 
+An entry's ``ignored_masks`` (mask indices; written by the per-organ selection rule, ``mrgen.filtering.selection``)
+are organs the quality filter did not trust: instead of their label, the pixels of their box (the filter's search
+box, ``IGNORE_MARGIN``) that no trusted organ claims get nnU-Net's ignore label, which the loss skips; dataset.json
+then lists ``"ignore"`` as the highest label.
+
 Additions: ``--format nifti`` writes pseudo-3D ``(1, H, W)`` NIfTI carrying the in-plane spacing, from the
 entry's ``spacing`` (mm per pixel of the grid given by its ``shape``) or ``--spacing``; ``--size`` resizes
 (bilinear for images, nearest for labels) after a centred pad to a square.
@@ -26,6 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from mrgen.data.preprocess import box_with_margin
 from mrgen.io.images import read_gray, to_uint8, write_rgb
 from mrgen.nnunet.env import dataset_dir as make_dataset_dir, raw_root
 from mrgen.nnunet.geometry import forward_image, forward_labels
@@ -36,6 +42,7 @@ from mrgen.viz import overlay
 log = logging.getLogger(__name__)
 
 OVERLAY_ALPHA = 0.3  # the original's 70% image, 30% colour
+IGNORE_MARGIN = 0.15  # the offline filter's box margin: where it looked for the organ
 MAX_LISTED = 10
 
 
@@ -50,6 +57,7 @@ class SliceItem:
     spacing: tuple[float, float] | None      # (row, col) mm per pixel of ``grid_shape``
     grid_shape: tuple[int, int] | None       # the grid the spacing refers to (entry ``shape``)
     where: str
+    ignored: tuple[int, ...] = ()            # mask indices written as the ignore label
 
 
 @dataclass
@@ -71,6 +79,7 @@ class ExportReport:
     cases: int = 0
     empty: list[str] = field(default_factory=list)
     organ_counts: Counter = field(default_factory=Counter)
+    with_ignored: int = 0  # slices with an ignore region
 
 
 def load_items(json_file: str | Path, labels: ExportLabels) -> list[SliceItem]:
@@ -106,7 +115,14 @@ def _item(path: Path, i: int, entry: Any, labels: ExportLabels) -> SliceItem:
         spacing=None if spacing is None else (float(spacing[0]), float(spacing[1])),
         grid_shape=None if shape is None else (int(shape[0]), int(shape[1])),
         where=where,
+        ignored=_ignored_masks(entry.get("ignored_masks", []), len(labels.organs), where),
     )
+
+
+def _ignored_masks(value: Any, organs: int, where: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(isinstance(k, int) and 0 <= k < organs for k in value):
+        raise ExportError(f"{where}: 'ignored_masks' must be a list of mask indices in [0, {organs}), got {value!r}")
+    return tuple(value)
 
 
 def _resolve(json_path: Path, value: str, where: str, key: str) -> Path:
@@ -162,7 +178,8 @@ def export_slices(items: Sequence[SliceItem], out_root: Path, options: ExportOpt
         write_rgb(folders.folder("visualization") / f"{name}.png", overlay(image, labels, OVERLAY_ALPHA))
         _count(name, labels, options.labels, report)
     write_dataset_json(dataset_dir, options.labels, options.file_format, options.dataset_name,
-                       options.dataset_name, options.channel_name, overwrite=options.overwrite)
+                       options.dataset_name, options.channel_name, overwrite=options.overwrite,
+                       ignore=any(item.ignored for item in items))
     _log_report(report)
     return report
 
@@ -172,13 +189,23 @@ def _read_item(item: SliceItem, options: ExportOptions) -> tuple[np.ndarray, np.
     if image.dtype != np.uint8:
         image = to_uint8(image)
     labels = np.zeros(image.shape, np.uint8)
-    for organ_id, mask_path in enumerate(item.mask_paths, start=1):
+    ignored = []
+    for k, mask_path in enumerate(item.mask_paths):
         if mask_path is None:
             continue
         mask = read_gray(mask_path)
         if mask.shape != image.shape:
             raise ExportError(f"{item.where}: mask {mask_path} is {mask.shape}, the image {image.shape}")
-        labels[mask > options.mask_threshold] = np.maximum(labels[mask > options.mask_threshold], organ_id)
+        organ = mask > options.mask_threshold
+        if k in item.ignored:
+            ignored.append(organ)
+        else:
+            labels[organ] = np.maximum(labels[organ], k + 1)
+    for organ in ignored:
+        if organ.any():
+            box = np.zeros_like(organ)
+            box[box_with_margin(organ, IGNORE_MARGIN)] = True
+            labels[box & (labels == 0)] = options.labels.ignore_id
     return image, labels
 
 
@@ -216,11 +243,12 @@ def _count(name: str, labels: np.ndarray, export: ExportLabels, report: ExportRe
     for organ, organ_id in export.ids.items():
         if organ_id in present:
             report.organ_counts[organ] += 1
+    report.with_ignored += export.ignore_id in present
 
 
 def _log_report(report: ExportReport) -> None:
-    log.info("exported %d slices to %s; slices per organ: %s", report.cases, report.dataset_dir,
-             dict(report.organ_counts))
+    log.info("exported %d slices to %s; slices per organ: %s; with an ignore region: %d", report.cases,
+             report.dataset_dir, dict(report.organ_counts), report.with_ignored)
     if report.empty:
         shown = ", ".join(report.empty[:MAX_LISTED]) + (" ..." if len(report.empty) > MAX_LISTED else "")
         log.warning("%d of %d label maps are empty (no organ): %s", len(report.empty), report.cases, shown)

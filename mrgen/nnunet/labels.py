@@ -62,9 +62,14 @@ class ExportLabels:
     def ids(self) -> dict[str, int]:
         return {organ: i + 1 for i, organ in enumerate(self.organs)}
 
-    def nnunet_labels(self) -> dict[str, int]:
-        """The ``labels`` field of nnU-Net's dataset.json."""
-        return {"background": 0, **self.ids}
+    @property
+    def ignore_id(self) -> int:
+        """nnU-Net's ignore label must be the highest id."""
+        return len(self.organs) + 1
+
+    def nnunet_labels(self, ignore: bool = False) -> dict[str, int]:
+        """The ``labels`` field of nnU-Net's dataset.json, with the ignore label if asked for."""
+        return {"background": 0, **self.ids, **({"ignore": self.ignore_id} if ignore else {})}
 
 
 @dataclass(frozen=True)

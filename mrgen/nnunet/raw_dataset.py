@@ -127,23 +127,26 @@ def planar_affine(row_mm: float, col_mm: float) -> np.ndarray:
 
 
 def write_dataset_json(dataset_dir: Path, labels: ExportLabels, file_format: FileFormat, name: str,
-                       description: str, channel_name: str = "MR", overwrite: bool = False) -> dict:
-    """dataset.json through nnU-Net's own ``generate_dataset_json``; numTraining counts imagesTr."""
+                       description: str, channel_name: str = "MR", overwrite: bool = False,
+                       ignore: bool = False) -> dict:
+    """dataset.json through nnU-Net's own ``generate_dataset_json``; numTraining counts imagesTr; ``ignore`` adds
+    nnU-Net's ignore label."""
     from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
     ending = FILE_ENDINGS[file_format]
     existing = dataset_dir / "dataset.json"
+    ids = labels.nnunet_labels(ignore)
     if existing.is_file() and not overwrite:
         old = json.loads(existing.read_text(encoding="utf-8"))
-        if old.get("file_ending") != ending or old.get("labels") != labels.nnunet_labels():
+        if old.get("file_ending") != ending or old.get("labels") != ids:
             raise RawDatasetError(
                 f"{existing} was written for file ending {old.get('file_ending')!r} and labels {old.get('labels')}; "
-                f"this export uses {ending!r} and {labels.nnunet_labels()}. Use another dataset id or --overwrite"
+                f"this export uses {ending!r} and {ids}. Use another dataset id or --overwrite"
             )
     images_tr = dataset_dir / "imagesTr"
     num_training = len(list(images_tr.glob(f"*{CHANNEL_SUFFIX}{ending}"))) if images_tr.is_dir() else 0
     with tempfile.TemporaryDirectory(dir=dataset_dir) as tmp:  # nnU-Net's writer is not atomic; ours is
-        generate_dataset_json(tmp, {0: channel_name}, labels.nnunet_labels(), num_training, ending,
+        generate_dataset_json(tmp, {0: channel_name}, ids, num_training, ending,
                               dataset_name=name, reference="none", description=description,
                               converted_by="mrgen", license="see the source data")
         text = (Path(tmp) / "dataset.json").read_text(encoding="utf-8")

@@ -35,7 +35,9 @@ from mrgen.pipeline.demo import make_dataset, pair_config_for, synthesis_options
 from mrgen.pipeline.segmentation import NnUNetWork, aggregate_seeds, number_cell, organ_table, spread_cell
 from mrgen.pipeline.stages import StageRunner
 from mrgen.pipeline.synthetic_measures import ReferenceSegmenter, measure_synthesis_runs, measures_table
-from mrgen.synthesis.run import synthesize
+from mrgen.synthesis.finalize import select_into
+from mrgen.synthesis.outputs import RunLayout
+from mrgen.synthesis.run import SynthesisOptions, synthesize
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +47,16 @@ CONDITIONS = {
     "a": ("D_s: real source", 1),
     "b": ("D_s + intensity augmentation", 2),
     "c": ("MRGen (filtered)", 3),
+    "c_per_organ": ("MRGen, per-organ rule", 9),
     "c_self_trained": ("MRGen, self-trained ControlNet (filtered)", 8),
+    "c_self_trained_per_organ": ("MRGen, self-trained ControlNet, per-organ rule", 10),
     "d_unfiltered": ("MRGen without filter", 4),
     "d_no_target": ("MRGen, ControlNet without D_t images", 5),
     "e": ("D_t: real target (upper bound)", 6),
 }
 # the synthetic arms and the synthesis run each trains on
-SYNTHETIC_ARMS = {"c": "main", "c_self_trained": "self_trained", "d_unfiltered": "main", "d_no_target": "no_target"}
+SYNTHETIC_ARMS = {"c": "main", "c_per_organ": "main", "c_self_trained": "self_trained",
+                  "c_self_trained_per_organ": "self_trained", "d_unfiltered": "main", "d_no_target": "no_target"}
 UPPER_BOUND = "e"
 
 
@@ -234,7 +239,10 @@ class PairBenchmark:
             "a": lambda i, n: {"dataset": str(self.work.export_real(source_train, "train", i, n, size))},
             "b": lambda i, n: self.augmented(source_train, i, n),
             "c": lambda i, n: self.synthetic("main", "filtered", i, n),
+            "c_per_organ": lambda i, n: self.synthetic("main", "per_organ", i, n),
             "c_self_trained": (lambda i, n: self.synthetic("self_trained", "filtered", i, n))
+            if have(self.pair.self_trained_controlnet) else None,
+            "c_self_trained_per_organ": (lambda i, n: self.synthetic("self_trained", "per_organ", i, n))
             if have(self.pair.self_trained_controlnet) else None,
             "d_unfiltered": lambda i, n: self.synthetic("main", "all", i, n),
             "d_no_target": (lambda i, n: self.synthetic("no_target", "filtered", i, n))
@@ -252,8 +260,9 @@ class PairBenchmark:
 
     def synthetic(self, role: str, which: str, dataset_id: int, name: str) -> dict[str, Any]:
         """Training set from the ``main``, ``no_target`` or ``self_trained`` ControlNet's run: its ``filtered`` or
-        ``all`` candidates. The self-trained ControlNet acts in both
-        guidance branches (it follows masks better so, docs/mask_following.md); the others as configured."""
+        ``all`` candidates, or its candidates selected again by the ``per_organ`` rule (the same generation; the
+        organs that miss get the ignore label). The self-trained ControlNet acts in both guidance branches (it
+        follows masks better so, docs/mask_following.md); the others as configured."""
         synthesis = self.config.synthesis
         ckpt, controlnet, synthesis = {
             "main": (self.config.zoo, self.pair.controlnet, synthesis),
@@ -261,21 +270,27 @@ class PairBenchmark:
             "self_trained": (self.config.zoo, self.pair.self_trained_controlnet,
                              replace(synthesis, control_conditional_only=False))}[role]
         log_dir = self.out / f"synthesis_{role}"
-        summary = self.runner.run(self.stage(f"synthesis_{role}"),
-                                  lambda: self.synthesize(ckpt, controlnet, synthesis, log_dir))
-        files = [p for p in sorted((log_dir / "json_files").glob("synthetic_*.json"))
-                 if p.name.endswith("_filtered.json") == (which == "filtered")]
+        options = self.synthesis_options(ckpt, controlnet, synthesis, log_dir)
+        summary = self.runner.run(self.stage(f"synthesis_{role}"), lambda: synthesize(options))
+        if which == "per_organ":
+            files = [self.out / f"selection_{role}_per_organ" / f"synthetic_{self.pair.target}_filtered.json"]
+            files[0].parent.mkdir(parents=True, exist_ok=True)
+            summary = select_into(RunLayout(log_dir, self.pair.target), replace(options, selection="per_organ").rule,
+                                  files[0])
+        else:
+            files = [p for p in sorted((log_dir / "json_files").glob("synthetic_*.json"))
+                     if p.name.endswith("_filtered.json") == (which == "filtered")]
         samples = sum(len(json.loads(p.read_text(encoding="utf-8"))) for p in files)
         if samples == 0:
             return {"samples": 0, "synthesis": summary}
         return {"dataset": str(self.work.export_synthetic(files, dataset_id, name)), "samples": samples, "synthesis": summary}
 
-    def synthesize(self, ckpt: str, controlnet: str, synthesis: SynthesisSection, log_dir: Path) -> dict[str, Any]:
+    def synthesis_options(self, ckpt: str, controlnet: str, synthesis: SynthesisSection,
+                          log_dir: Path) -> SynthesisOptions:
         pipeline = PipelineConfig(seed=self.config.seed, source=self.pair.source, target=self.pair.target,
                                   synthesis=synthesis)
         pair = pair_config_for(self.pair.pair_config, log_dir.parent, self.data)
-        options = synthesis_options(pipeline, Path(ckpt), Path(controlnet), pair, log_dir)
-        return synthesize(options)
+        return synthesis_options(pipeline, Path(ckpt), Path(controlnet), pair, log_dir)
 
 
 def run_benchmark(config: BenchmarkConfig) -> Path:

@@ -61,6 +61,7 @@ class SynthesisSection:
     confidence_threshold: float = 0.80
     avg_iou_threshold: float = 0.80
     avg_confidence_threshold: float = 0.90
+    selection: str = "original"
 
 
 @dataclass

@@ -35,9 +35,9 @@ def candidate_records(synthesis_dir: Path) -> list[dict[str, Any]]:
 
 
 def organ_labels(dataset: Path) -> dict[str, int]:
-    """Organ name -> label value of an nnU-Net raw dataset (background left out)."""
+    """Organ name -> label value of an nnU-Net raw dataset (background and the ignore label left out)."""
     labels = json.loads((Path(dataset) / "dataset.json").read_text())["labels"]
-    return {name: int(value) for name, value in labels.items() if int(value) != 0}
+    return {name: int(value) for name, value in labels.items() if name not in ("background", "ignore")}
 
 
 def candidate_inputs(records: Sequence[dict[str, Any]], folder: Path) -> Path:

@@ -32,18 +32,24 @@ def _rejection_reason(record: dict[str, Any], rule: SelectionRule, rank: int, ke
     scores = _scores(record)
     if rank >= rule.top_k:
         return f"not in the top {rule.top_k} by mean IoU"
-    t = rule.thresholds if kept_rule == "strict" else rule.thresholds.relaxed(rule.relax)
+    t = rule.thresholds_for(kept_rule)
+    relaxed = " (relaxed)" if kept_rule != "strict" else ""
+    if rule.per_organ:
+        if not t.passing_organs(scores):
+            return f"no organ reaches IoU {t.iou:.2f} and confidence {t.confidence:.2f}{relaxed}"
+        return "passed, but enough better-ranked candidates were kept"
     checks = [("mean confidence", scores.avg_confidence, t.avg_confidence), ("mean IoU", scores.avg_iou, t.avg_iou)]
     checks += [(f"organ {i} IoU", v, t.iou) for i, v in enumerate(scores.organ_iou) if v != 0]
     checks += [(f"organ {i} confidence", v, t.confidence) for i, v in enumerate(scores.organ_confidence) if v != 0]
     for what, value, threshold in checks:
         if value < threshold:
-            return f"{what} {value:.3f} < {threshold:.2f}" + (" (relaxed)" if kept_rule != "strict" else "")
+            return f"{what} {value:.3f} < {threshold:.2f}{relaxed}"
     return "passed, but enough better-ranked candidates were kept"
 
 
 def decide(records: list[dict[str, Any]], rule: SelectionRule) -> list[dict[str, Any]]:
-    """Candidate records -> the same records with ``accepted``, ``selection`` and ``reason`` set."""
+    """Candidate records -> the same records with ``accepted``, ``selection`` and ``reason`` set, and for a candidate
+    the per-organ rule kept, ``ignored_masks``: the indices of its present organs that missed the thresholds."""
     by_mask: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
         by_mask[r["mask_index"]].append(r)
@@ -56,7 +62,11 @@ def decide(records: list[dict[str, Any]], rule: SelectionRule) -> list[dict[str,
         for r in candidates:
             accepted = r["try"] in kept
             reason = f"kept by the {how} rule" if accepted else _rejection_reason(r, rule, rank_of[r["try"]], how)
-            decided.append({**r, "accepted": accepted, "selection": how, "reason": reason})
+            decision = {"accepted": accepted, "selection": how, "reason": reason}
+            if accepted and rule.per_organ:
+                present = [k for k, organ in enumerate(r["label"]) if organ in r["organs"]]
+                decision["ignored_masks"] = rule.failing_organs(_scores(r), present, how)
+            decided.append({**r, **decision})
     return decided
 
 
@@ -83,15 +93,15 @@ def original_item(record: dict[str, Any], json_dir: Path) -> dict[str, Any]:
         "filter": record["filter"],
         "seed": record["seed"],
     }
+    if "ignored_masks" in record:
+        item["ignored_masks"] = record["ignored_masks"]
     for i, path in enumerate(record["mask_paths"]):
         item[f"mask_{i}_path"] = _relative(path, json_dir)
     return item
 
 
 def write_outputs(layout: RunLayout, rule: SelectionRule, run_config: dict[str, Any]) -> dict[str, Any]:
-    records = manifest.read_all(layout.manifest_dir.glob("*.jsonl"))
-    candidates = [r for r in records if r.get("type") == "candidate"]
-    skipped = [r for r in records if r.get("type") == "skipped"]
+    candidates, skipped = _recorded(layout)
     decided = decide(candidates, rule)
     atomic_write_text(layout.merged_manifest, "".join(json.dumps(r, sort_keys=True) + "\n" for r in decided))
     json_dir = layout.all_json.parent
@@ -103,6 +113,21 @@ def write_outputs(layout: RunLayout, rule: SelectionRule, run_config: dict[str, 
     write_histograms(layout.histogram, decided, rule)
     atomic_write_text(layout.card, dataset_card(layout, run_config, rule, summary))
     return summary
+
+
+def select_into(layout: RunLayout, rule: SelectionRule, json_path: Path) -> dict[str, Any]:
+    """The candidates of a finished run selected by another rule, written as the original's filtered JSON at
+    ``json_path``; the run itself is left as it is. Returns the selection's summary (without mask-following)."""
+    candidates, skipped = _recorded(layout)
+    decided = decide(candidates, rule)
+    atomic_write_json(json_path, [original_item(r, json_path.parent) for r in decided if r["accepted"]])
+    return summarize(decided, skipped, json.loads(layout.run_config.read_text(encoding="utf-8"))["num_parts"])
+
+
+def _recorded(layout: RunLayout) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(candidate records, skipped-mask records) of every part manifest."""
+    records = manifest.read_all(layout.manifest_dir.glob("*.jsonl"))
+    return [r for r in records if r.get("type") == "candidate"], [r for r in records if r.get("type") == "skipped"]
 
 
 def mask_following_of(decided: list[dict[str, Any]], seed: int) -> dict[str, Any]:
@@ -170,7 +195,6 @@ def write_histograms(path: Path, decided: list[dict[str, Any]], rule: SelectionR
 
 def dataset_card(layout: RunLayout, run_config: dict[str, Any], rule: SelectionRule, summary: dict[str, Any]) -> str:
     s = summary
-    t = rule.thresholds
     per_accepted = "n/a" if s["seconds_per_accepted"] is None else f"{s['seconds_per_accepted']:.2f} s"
     evals = "n/a" if s["unet_evaluations_per_accepted"] is None else f"{s['unet_evaluations_per_accepted']:.0f}"
     status = f"complete ({s['parts']} part{'s' if s['parts'] > 1 else ''} merged)"
@@ -188,7 +212,7 @@ Generated by MRGen (`synthesize_filter_multi.py`); status: {status}.
 - checkpoint: `{run_config['ckpt']}` (ControlNet `{run_config['controlnet']}`), sha256: {', '.join(f"{k} {v[:12]}" for k, v in run_config['checkpoint_sha256'].items())}
 - sampler: {run_config['scheduler']}, {run_config['steps']} steps, guidance {run_config['guidance_scale']}, ControlNet scale {run_config['controlnet_scale']}{' on the conditional branch only' if run_config.get('control_conditional_only') else ''}, {run_config['size']} px, seed {run_config['seed']}
 - up to {run_config['max_tries_per_mask']} candidates per mask in batches of {run_config['num_images_per_prompt']}; early stop: {run_config['early_stop']}
-- filter: {run_config['filter']['name']}; rule: top {rule.top_k} by mean IoU, strict thresholds organ IoU {t.iou:.2f}, organ confidence {t.confidence:.2f}, mean IoU {t.avg_iou:.2f}, mean confidence {t.avg_confidence:.2f}, keep {rule.keep}; else relax by {rule.relax:.2f} and keep {rule.keep_relaxed}
+- filter: {run_config['filter']['name']}; rule: {rule.describe()}
 - score histograms: `filter_scores.png`
 
 ## Mask-following

@@ -23,7 +23,7 @@ SAMPLING_KEYS = ("modality", "scheduler", "steps", "guidance_scale", "controlnet
                  "checkpoint_sha256")
 # run_config.json keys that may differ between parts: paths and process counts per machine, and what only the
 # selection at the merge uses
-MAY_DIFFER = {"part_id", "processes", "num_gpus", "log_dir", "ckpt", "controlnet", "thresholds",
+MAY_DIFFER = {"part_id", "processes", "num_gpus", "log_dir", "ckpt", "controlnet", "thresholds", "selection",
               "top_k", "relax", "keep_relaxed", "sample_per_mask"}
 MAX_LISTED = 10
 

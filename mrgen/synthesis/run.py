@@ -40,9 +40,11 @@ from mrgen.viz import overlay
 
 log = logging.getLogger(__name__)
 
+SELECTIONS = ("original", "per_organ")  # the selection rules (mrgen.filtering.selection)
+
 # Keys of run_config.json that may differ on a resumed run without mixing incompatible samples
 # (the checkpoints are compared by their hashes, so a moved checkpoint folder is fine).
-RESUMABLE_DIFFERENCES = {"part_id", "num_gpus", "processes", "thresholds", "top_k", "relax", "keep_relaxed",
+RESUMABLE_DIFFERENCES = {"part_id", "num_gpus", "processes", "thresholds", "selection", "top_k", "relax", "keep_relaxed",
                          "sample_per_mask", "max_masks", "log_dir", "ckpt", "controlnet"}
 
 
@@ -67,6 +69,7 @@ class SynthesisOptions:
     top_k: int = 5
     relax: float = 0.10
     keep_relaxed: int = 1
+    selection: str = "original"  # or "per_organ" (mrgen.filtering.selection)
     num_gpus: int = 4
     processes: int | None = None  # worker processes; default: one per visible CUDA device up to num_gpus, else 1
     scheduler: str = "ddim"
@@ -100,6 +103,8 @@ class SynthesisOptions:
         if low:
             raise ValueError(", ".join(f"--{name} must be at least 1 (got {value})" for name, value in low.items())
                              + ("; leave --max_masks out to use every mask" if "max_masks" in low else ""))
+        if self.selection not in SELECTIONS:
+            raise ValueError(f"--selection must be one of {list(SELECTIONS)}, got {self.selection!r}")
         if self.guidance_scale < 0 or self.controlnet_scale < 0:
             raise ValueError("--guidance_scale and --controlnet_scale must not be negative")
 
@@ -107,7 +112,8 @@ class SynthesisOptions:
     def rule(self) -> SelectionRule:
         thresholds = Thresholds(self.iou_threshold, self.confidence_threshold, self.avg_iou_threshold,
                                 self.avg_confidence_threshold)
-        return SelectionRule(thresholds, self.top_k, self.sample_per_mask, self.relax, self.keep_relaxed)
+        return SelectionRule(thresholds, self.top_k, self.sample_per_mask, self.relax, self.keep_relaxed,
+                             per_organ=self.selection == "per_organ")
 
 
 @dataclass
@@ -174,7 +180,7 @@ def check_resumable(layout: RunLayout, run_config: dict[str, Any]) -> None:
         raise ValueError(
             f"{layout.root} holds a run made with different settings ({details}). Mixing them would give "
             f"incompatible samples: use a new --log_dir, or the previous settings (see {layout.run_config}). "
-            f"Thresholds alone can change with --merge."
+            f"The selection rule alone (thresholds, --selection) can change with --merge."
         )
 
 
@@ -285,7 +291,8 @@ def describe_run(options: SynthesisOptions, pair: PairConfig, modality: str, siz
         thresholds=asdict(options.rule.thresholds),
     )
     if options.early_stop:  # the rule decides which candidates exist at all
-        config["early_stop_rule"] = {**asdict(options.rule.thresholds), "keep": options.sample_per_mask, "top_k": options.top_k}
+        config["early_stop_rule"] = {**asdict(options.rule.thresholds), "keep": options.sample_per_mask, "top_k": options.top_k,
+                                     "selection": options.selection}
     for key in ("config", "merge", "sam2_config", "sam2_checkpoint", "sam2_prompt", "box_jitter"):
         config.pop(key)
     return config
