@@ -118,6 +118,9 @@ class ValidationSection:
     # ControlNet: this many training source masks sampled with the target prompt and scored against their own and
     # against shuffled masks (mrgen.filtering.mask_following; held-out masks: scripts/measure_mask_following.py); 0: off
     mask_following_images: int = 16
+    # ControlNet, monitoring only (never trained on): annotated target-modality indexes (paths as in data:) whose
+    # real slices, scored the same way, draw the ceiling and the target's contrast polarity in validation_curve.png
+    target_reference_indexes: list[str] = field(default_factory=list)
 
 
 @dataclass

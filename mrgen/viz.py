@@ -8,7 +8,7 @@ take the colours of matplotlib's ``tab20`` map in turn.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from matplotlib import colormaps
@@ -77,15 +77,17 @@ def as_label_map(labels: np.ndarray | Sequence[np.ndarray | None], shape: tuple[
     return label_map
 
 
-def overlay(image: np.ndarray, labels: np.ndarray | Sequence[np.ndarray | None], alpha: float = 0.4) -> np.ndarray:
-    """The image in gray with each label filled in its colour at ``alpha`` and outlined (1 px, opaque)."""
+def overlay(image: np.ndarray, labels: np.ndarray | Sequence[np.ndarray | None], alpha: float = 0.4,
+            colours: Mapping[int, tuple[int, int, int]] | None = None) -> np.ndarray:
+    """The image in gray with each label filled in its colour (``label_colour``, or ``colours`` where given) at
+    ``alpha`` and outlined (1 px, opaque)."""
     rgb = to_rgb(image).astype(np.float32)
     label_map = as_label_map(labels, rgb.shape[:2])
     for label in np.unique(label_map):
         if label == 0:
             continue
         mask = label_map == label
-        colour = np.array(label_colour(int(label)), np.float32)
+        colour = np.array((colours or {}).get(int(label), label_colour(int(label))), np.float32)
         rgb[mask] = (1.0 - alpha) * rgb[mask] + alpha * colour
         rgb[mask & ~ndimage.binary_erosion(mask, border_value=0)] = colour
     return np.round(rgb).clip(0, 255).astype(np.uint8)

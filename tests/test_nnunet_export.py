@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from PIL import Image
 
 from mrgen.io.images import read_gray, write_gray
 from mrgen.nnunet.env import (
@@ -22,7 +23,8 @@ from mrgen.nnunet.env import (
     lean_environment,
     plan_command,
 )
-from mrgen.nnunet.export import ExportError, ExportOptions, export_json_files, load_items, merge_items
+from mrgen.nnunet.export import (IGNORE_COLOUR, ExportError, ExportOptions, export_json_files, load_items,
+                                 merge_items)
 from mrgen.nnunet.labels import LabelMappingError, evaluation_labels, export_labels
 
 REPO = Path(__file__).resolve().parents[1]
@@ -90,6 +92,8 @@ def test_an_ignored_organ_becomes_the_ignore_label_over_its_search_box(tmp_path,
     meta = json.loads((report.dataset_dir / "dataset.json").read_text())
     assert meta["labels"] == {"background": 0, "liver": 1, "right kidney": 2, "left kidney": 3, "spleen": 4, "ignore": 5}
     assert report.with_ignored == 1 and "with an ignore region: 1" in caplog.text
+    picture = np.asarray(Image.open(report.dataset_dir / "visualizationTr" / "0_T2-SPIR_Abdomen_MRI_0.png"))
+    assert tuple(picture[29, 10]) == IGNORE_COLOUR  # the box's outline, grey
     bad = json.loads((tmp_path / "synth" / "ignored.json").read_text())
     bad[0]["ignored_masks"] = [4]
     (tmp_path / "synth" / "bad.json").write_text(json.dumps(bad))

@@ -138,7 +138,8 @@ def test_the_same_command_twice_trains_the_same_weights(toy_data, unet_pipeline:
 def test_controlnet_stage_trains_from_the_unet(toy_data, unet_pipeline: Path, tmp_path: Path) -> None:
     config = ControlNetConfig(name="toy_cn", output_dir=str(tmp_path), seed=0, data=toy_pair(toy_data),
                               model=DiffusionModelSection(config_path=TINY, pretrained_model_path=str(unet_pipeline)),
-                              train=diffusion_train(timestep_sampling="cubic"), validation=VALIDATION)
+                              train=diffusion_train(timestep_sampling="cubic"),
+                              validation=dataclasses.replace(VALIDATION, target_reference_indexes=[str(toy_data["target"])]))
     pipeline = train_controlnet(config)
     controlnet = ControlNetModel.from_pretrained(pipeline / "controlnet")
     assert controlnet.config.conditioning_channels == 1
@@ -150,6 +151,12 @@ def test_controlnet_stage_trains_from_the_unet(toy_data, unet_pipeline: Path, tm
     following = (tmp_path / "validation" / "mask_following.md").read_text()
     assert "## step 2" in following and "IoU vs shuffled mask (floor)" in following
     assert "Clean-latent error of the source slices" in following
+    # the mask-following curve: every validation's numbers, with the floor and the real target slices' reference
+    assert (tmp_path / "validation_curve.png").is_file()
+    events = b"".join(p.read_bytes() for p in (tmp_path / "logs").rglob("events.out.tfevents.*"))
+    for metric in (b"val/mask_iou", b"val/mask_iou_floor", b"val/mask_fraction_brighter",
+                   b"val/mask_fraction_brighter_real", b"val/mask_fraction_above_0.7_real"):
+        assert metric in events
 
 
 @pytest.fixture(scope="module")

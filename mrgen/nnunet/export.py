@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 
 OVERLAY_ALPHA = 0.3  # the original's 70% image, 30% colour
 IGNORE_MARGIN = 0.15  # the offline filter's box margin: where it looked for the organ
+IGNORE_COLOUR = (150, 150, 150)  # grey in visualizationTr
 MAX_LISTED = 10
 
 
@@ -175,7 +176,8 @@ def export_slices(items: Sequence[SliceItem], out_root: Path, options: ExportOpt
         affine = planar_affine(*spacing)
         folders.write_image(name, image, affine)
         folders.write_label(name, labels, affine)
-        write_rgb(folders.folder("visualization") / f"{name}.png", overlay(image, labels, OVERLAY_ALPHA))
+        write_rgb(folders.folder("visualization") / f"{name}.png",
+                  overlay(image, labels, OVERLAY_ALPHA, {options.labels.ignore_id: IGNORE_COLOUR}))
         _count(name, labels, options.labels, report)
     write_dataset_json(dataset_dir, options.labels, options.file_format, options.dataset_name,
                        options.dataset_name, options.channel_name, overwrite=options.overwrite,

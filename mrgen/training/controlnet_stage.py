@@ -27,11 +27,12 @@ from accelerate import Accelerator
 from diffusers import ControlNetModel, UNet2DConditionModel
 
 from mrgen.config import ControlNetConfig
-from mrgen.data.datasets import PairDataset
-from mrgen.data.preprocess import signed_to_uint8
+from mrgen.data.datasets import PairDataset, load_condition
+from mrgen.data.preprocess import preprocess_image, signed_to_uint8
 from mrgen.data.prompts import EMPTY_PROMPT
 from mrgen.filtering.mask_following import derangement, mask_following
 from mrgen.io.atomic import atomic_write_json
+from mrgen.io.images import read_gray
 from mrgen.models.builders import (
     CONTROLNET,
     UNET,
@@ -136,6 +137,7 @@ class ControlNetStage:
         self.validation_items = dataset.validation_items(config.validation.num_images)
         following = config.validation.mask_following_images
         self.following_items = dataset.validation_items(following) if following > 1 else []
+        self.real_reference: dict[str, float] | None = None  # computed at the first validation
         if config.self_training.organ_attention:
             self.train_dataset = self._with_self_samples(dataset, output_dir / SELF_SAMPLES_DIR)
         else:
@@ -217,7 +219,9 @@ class ControlNetStage:
         if len(self.following_items) < 2:
             return {}
         usage = self._mask_usage(model)
-        return {**usage, **self._mask_following(model, step, folder, usage)}
+        if self.real_reference is None:
+            self.real_reference = self._real_target_reference()
+        return {**usage, **self._mask_following(model, step, folder, usage), **self.real_reference}
 
     @torch.no_grad()
     def _mask_usage(self, model: ControlNetModel) -> dict[str, float]:
@@ -257,6 +261,23 @@ class ControlNetStage:
         return {"mask_iou": own.mean_iou, "mask_iou_floor": floor.mean_iou,
                 "mask_fraction_above_0.7": own.fraction_above, "mask_fraction_above_0.7_floor": floor.fraction_above,
                 "mask_fraction_brighter": own.fraction_brighter}
+
+    def _real_target_reference(self) -> dict[str, float]:
+        """Real annotated target slices (``validation.target_reference_indexes``) scored as the samples are: the
+        ceiling of the fraction above 0.7 and the target's polarity. Empty without such indexes."""
+        entries = [e for e in self.pair.load(self.config.validation.target_reference_indexes)
+                   if set(e.organs) & set(self.pair.organs)]
+        if len(entries) < 2:
+            return {}
+        picks = np.linspace(0, len(entries) - 1, num=min(len(self.following_items), len(entries))).round().astype(int)
+        chosen = [entries[int(i)] for i in picks]
+        organs = len(self.pair.organs)
+        result = mask_following([signed_to_uint8(preprocess_image(read_gray(e.image_path), self.resolution))
+                                 for e in chosen],
+                                [self.pair.encoding.decode(load_condition(self.pair, e, self.resolution), organs)
+                                 for e in chosen], self.pair.organs, seed=self.config.seed)
+        real = result.own["all"]
+        return {"mask_fraction_above_0.7_real": real.fraction_above, "mask_fraction_brighter_real": real.fraction_brighter}
 
     def export(self, model: ControlNetModel, folder: Path) -> None:
         model.save_pretrained(folder / CONTROLNET)

@@ -43,7 +43,7 @@ from mrgen.io.atomic import atomic_write_text
 from mrgen.models.builders import load_pretrained
 from mrgen.training import checkpoints
 from mrgen.training.optim import make_lr_scheduler, make_optimizer
-from mrgen.training.visuals import save_loss_curve
+from mrgen.training.visuals import save_loss_curve, save_validation_curve
 
 log = logging.getLogger(__name__)
 
@@ -81,10 +81,12 @@ class TrainingProgress:
     batches_in_epoch: int = 0  # micro-batches of the current epoch already consumed (per process)
     loss_steps: list[int] = field(default_factory=list)
     losses: list[float] = field(default_factory=list)
+    validations: list[dict[str, float]] = field(default_factory=list)  # {"step": ..., metric: value, ...}
 
     def state_dict(self) -> dict[str, Any]:
         return {"global_step": self.global_step, "epoch": self.epoch, "batches_in_epoch": self.batches_in_epoch,
-                "loss_steps": list(self.loss_steps), "losses": list(self.losses)}
+                "loss_steps": list(self.loss_steps), "losses": list(self.losses),
+                "validations": [dict(v) for v in self.validations]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key, value in state.items():
@@ -370,6 +372,10 @@ class _Loop:
             if metrics:
                 self.accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=step)
                 log.info("step %d validation: %s", step, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+                self.progress.validations = [v for v in self.progress.validations if v["step"] != step]
+                self.progress.validations.append({"step": step, **metrics})
+                save_validation_curve(self.output_dir / "validation_curve.png", self.progress.validations,
+                                      f"{self.config.name}: {self.stage.name} validation")
         self.accelerator.wait_for_everyone()
 
     def _write_loss_curve(self) -> None:

@@ -112,3 +112,32 @@ def save_loss_curve(path: str | os.PathLike, steps: Sequence[int], losses: Seque
     ax.legend(fontsize=7)
     figure.tight_layout()
     atomic_save(path, lambda tmp: figure.savefig(tmp, format="png"))
+
+
+REFERENCE_SUFFIXES = {"_floor": ("floor (shuffled masks)", "tab:gray"), "_shuffled": ("shuffled masks", "tab:gray"),
+                      "_real": ("real target slices", "tab:green")}
+
+
+def save_validation_curve(path: str | os.PathLike, history: Sequence[dict[str, float]], title: str) -> None:
+    """One panel per validation metric over the optimizer steps; a metric's references (``<name>_floor``,
+    ``<name>_shuffled``, ``<name>_real``) are drawn dashed in its panel."""
+    metrics = sorted({k for entry in history for k in entry} - {"step"})
+    bases = [m for m in metrics if not any(m.endswith(s) and m[:-len(s)] in metrics for s in REFERENCE_SUFFIXES)]
+    columns = min(len(bases), 3)
+    rows = -(-len(bases) // columns)
+    figure = Figure(figsize=(4.2 * columns, 2.9 * rows), dpi=100)
+    FigureCanvasAgg(figure)
+    for i, base in enumerate(bases):
+        ax = figure.add_subplot(rows, columns, i + 1)
+        for name, (label, colour), style in [(base, ("model", "tab:blue"), "-o"),
+                                             *((base + s, ref, "--") for s, ref in REFERENCE_SUFFIXES.items())]:
+            points = [(e["step"], e[name]) for e in history if name in e]
+            if points:
+                ax.plot(*zip(*points), style, color=colour, markersize=3, linewidth=1.3, label=label)
+        ax.set_title(base, fontsize=9)
+        ax.set_xlabel("optimizer step", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    atomic_save(path, lambda tmp: figure.savefig(tmp, format="png"))
