@@ -159,8 +159,12 @@ def assemble(args: argparse.Namespace, work: Path, out: Path) -> None:
 
 
 def copy_controlnet(pipeline: Path, destination: Path) -> None:
+    """The ControlNet in fp16, its pair and its run's mask-following curve."""
     copy_fp16(pipeline / "controlnet", destination)
     shutil.copy2(pipeline / "pair.json", destination / "pair.json")
+    curve = pipeline.parent / "validation_curve.png"
+    if curve.is_file():
+        shutil.copy2(curve, destination / curve.name)
 
 
 def train_organ_attention(args: argparse.Namespace, work: Path, out: Path) -> dict[str, float]:

@@ -21,6 +21,7 @@ from mrgen.models.pipeline_folder import TextEncoderSpec
 from mrgen.models.sampling import denoise
 from mrgen.models.text_encoders import PromptEmbeddings
 from mrgen.training.latent_cache import CachedLatentDataset, LatentCache
+from mrgen.training.sample_keys import NOISE, POSTERIOR, PROMPT_DROPOUT, SAMPLE_KEY, TIMESTEP, keyed_normal, keyed_uniform
 
 log = logging.getLogger(__name__)
 
@@ -50,20 +51,16 @@ def require_pretrained_path(model: DiffusionModelSection, stage: str, needs: str
     return Path(model.pretrained_model_path)
 
 
-def sample_timesteps(batch_size: int, num_train_timesteps: int, mode: str, device: torch.device) -> torch.Tensor:
-    """``uniform`` over {0..T-1} (the original), or ``cubic``: t = (1 - u^3) T, biased to high noise."""
-    if mode == "uniform":
-        return torch.randint(0, num_train_timesteps, (batch_size,), device=device)
-    u = torch.rand(batch_size, device=device)
-    return ((1.0 - u ** 3) * num_train_timesteps).long().clamp(max=num_train_timesteps - 1)
+def sample_timesteps(u: torch.Tensor, num_train_timesteps: int, mode: str) -> torch.Tensor:
+    """Timesteps from uniform numbers ``u`` in [0, 1): ``uniform`` over {0..T-1} (the original), or ``cubic``:
+    t = (1 - u^3) T, biased to high noise."""
+    fraction = u if mode == "uniform" else 1.0 - u ** 3
+    return (fraction * num_train_timesteps).long().clamp(max=num_train_timesteps - 1)
 
 
-def drop_prompts(prompts: Sequence[str], probability: float) -> list[str]:
-    """The classifier-free-guidance null prompt with probability ``probability`` per sample."""
-    if probability <= 0:
-        return list(prompts)
-    keep = torch.rand(len(prompts)) >= probability
-    return [p if k else EMPTY_PROMPT for p, k in zip(prompts, keep.tolist())]
+def drop_prompts(prompts: Sequence[str], probability: float, u: torch.Tensor) -> list[str]:
+    """The classifier-free-guidance null prompt where the sample's uniform number ``u`` is below ``probability``."""
+    return [EMPTY_PROMPT if v < probability else p for p, v in zip(prompts, u.tolist())]
 
 
 def shared_prompt_embeddings(accelerator: Accelerator, spec: TextEncoderSpec, prompts: Sequence[str],
@@ -105,7 +102,8 @@ class Latents:
             with torch.no_grad():
                 posterior = self.vae.encode(batch["image"].to(device=self.vae.device, dtype=self.vae.dtype)).latent_dist
             mean, std = posterior.mean.float(), posterior.std.float()
-        return (mean + std * torch.randn_like(mean)) * self.scaling_factor
+        noise = keyed_normal(batch[SAMPLE_KEY], POSTERIOR, tuple(mean.shape[1:]), mean.device)
+        return (mean + std * noise) * self.scaling_factor
 
 
 class Noiser:
@@ -117,12 +115,14 @@ class Noiser:
         self.latents, self.scheduler, self.prompts, self.train = latents, scheduler, prompts, train
 
     def __call__(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        keys = batch[SAMPLE_KEY]
         latents = self.latents(batch)
-        noise = torch.randn_like(latents)
-        timesteps = sample_timesteps(latents.shape[0], self.scheduler.config.num_train_timesteps,
-                                     self.train.timestep_sampling, latents.device)
+        noise = keyed_normal(keys, NOISE, tuple(latents.shape[1:]), latents.device)
+        timesteps = sample_timesteps(keyed_uniform(keys, TIMESTEP, latents.device),
+                                     self.scheduler.config.num_train_timesteps, self.train.timestep_sampling)
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
-        context = self.prompts(drop_prompts(batch["prompt"], self.train.prompt_dropout))
+        context = self.prompts(drop_prompts(batch["prompt"], self.train.prompt_dropout,
+                                            keyed_uniform(keys, PROMPT_DROPOUT)))
         velocity = self.scheduler.config.prediction_type == "v_prediction"
         target = self.scheduler.get_velocity(latents, noise, timesteps) if velocity else noise
         return noisy, timesteps, target, context

@@ -43,6 +43,7 @@ from mrgen.io.atomic import atomic_write_text
 from mrgen.models.builders import load_pretrained
 from mrgen.training import checkpoints
 from mrgen.training.optim import make_lr_scheduler, make_optimizer
+from mrgen.training.sample_keys import KeyedDataset
 from mrgen.training.visuals import save_loss_curve, save_validation_curve
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,7 @@ class _Loop:
         optimizer = make_optimizer(groups, train, accelerator.device)
         self.lr_scheduler = make_lr_scheduler(optimizer, train)
         self.sampler = EpochShuffleSampler(len(stage.train_dataset), config.seed)
+        self.keyed_dataset = KeyedDataset(stage.train_dataset, config.seed)
         dataloader = self._make_dataloader()
         self.module, self.optimizer, self.dataloader = accelerator.prepare(stage.module, optimizer, dataloader)
         accelerator.register_for_checkpointing(self.lr_scheduler, self.progress)
@@ -196,7 +198,7 @@ class _Loop:
         return ema
 
     def _make_dataloader(self) -> DataLoader:
-        dataset = self.stage.train_dataset
+        dataset = self.keyed_dataset
         needed = self.train.train_batch_size * self.accelerator.num_processes
         if len(dataset) < needed:
             raise ValueError(f"the training set has {len(dataset)} slices, fewer than one batch of {needed} "
@@ -316,6 +318,7 @@ class _Loop:
         if self.progress.batches_in_epoch:
             loader = self.accelerator.skip_first_batches(self.dataloader, self.progress.batches_in_epoch)
         loader.set_epoch(self.progress.epoch)
+        self.keyed_dataset.set_epoch(self.progress.epoch)
         return loader
 
     def _clip_gradients(self) -> float | None:

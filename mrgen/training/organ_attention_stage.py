@@ -49,6 +49,7 @@ from mrgen.training.diffusion import (Latents, Noiser, check_width, drop_prompts
                                       require_pretrained_path, shared_prompt_embeddings, training_schedule,
                                       weight_dtype, write_scheduler)
 from mrgen.training.harness import run_training
+from mrgen.training.sample_keys import PROMPT_DROPOUT, SAMPLE_KEY, keyed_uniform
 from mrgen.training.self_samples import SELF_SAMPLES_DIR, SelfSampler, kept_self_samples, organ_masks
 from mrgen.training.visuals import colour_masks, outline_masks, save_grid, to_unit
 
@@ -158,8 +159,10 @@ class OrganAttentionStage:
 
     # ----- training --------------------------------------------------------------------------------------
     def loss(self, module: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        prompts = drop_prompts(batch["prompt"], self.config.train.prompt_dropout)
-        noisy, timesteps, target, context = self.noiser({**batch, "prompt": prompts})
+        # the same keyed draw as the noiser's own dropout, so it drops exactly these prompts
+        prompts = drop_prompts(batch["prompt"], self.config.train.prompt_dropout,
+                               keyed_uniform(batch[SAMPLE_KEY], PROMPT_DROPOUT))
+        noisy, timesteps, target, context = self.noiser(batch)
         biased = [p if b and p != EMPTY_PROMPT else None for p, b in zip(prompts, batch["biased"].tolist())]
         prediction = module(noisy.to(self.dtype), timesteps, context, biased, batch["organ_masks"])
         return self.noiser.loss(prediction, target)

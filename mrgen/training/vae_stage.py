@@ -21,6 +21,7 @@ from mrgen.config import VAEConfig
 from mrgen.models.builders import VAE, build_from_config, load_pretrained
 from mrgen.training.data import image_text_datasets
 from mrgen.training.harness import run_training
+from mrgen.training.sample_keys import POSTERIOR, SAMPLE_KEY, keyed_normal
 from mrgen.training.visuals import save_grid, to_unit
 
 log = logging.getLogger(__name__)
@@ -40,9 +41,13 @@ class VAETrainingModule(torch.nn.Module):
         self.vae = vae
 
     def forward(self, images: torch.Tensor,
-                sample_posterior: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                keys: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """With the samples' ``keys`` the posterior is sampled (training), else its mode is decoded."""
         posterior = self.vae.encode(images).latent_dist
-        latents = posterior.sample() if sample_posterior else posterior.mode()
+        latents = posterior.mode()
+        if keys is not None:
+            noise = keyed_normal(keys, POSTERIOR, tuple(latents.shape[1:]), latents.device, latents.dtype)
+            latents = posterior.mean + posterior.std * noise
         return self.vae.decode(latents).sample, posterior.mean, posterior.logvar
 
 
@@ -61,7 +66,7 @@ class VAEStage:
 
     def loss(self, module: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         images = batch["image"]
-        reconstruction, mean, logvar = module(images)
+        reconstruction, mean, logvar = module(images, batch[SAMPLE_KEY])
         mse = F.mse_loss(reconstruction.float(), images.float())
         return mse + self.config.train.kld_weight * kl_per_element(mean.float(), logvar.float())
 
