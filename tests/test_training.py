@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 from accelerate import Accelerator
@@ -512,13 +513,17 @@ ACCELERATE = Path(sys.executable).with_name("accelerate")
 WEIGHTS = Path("pipeline") / "vae" / "diffusion_pytorch_model.safetensors"
 
 
-def launch_vae(processes: int, config, tmp_path: Path, *extra: str) -> tuple[Path, str]:
+def vae_command(processes: int, config, tmp_path: Path, *extra: str) -> tuple[list[str], dict[str, str]]:
     path = tmp_path / f"{Path(config.output_dir).name}.yml"
     path.write_text(dump_yaml(config))
     command = [str(ACCELERATE), "launch", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--num_processes", str(processes), *(["--multi_gpu"] if processes > 1 else []),
                str(REPO / "train_vae.py"), "--config", str(path), *extra]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    return command, {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def launch_vae(processes: int, config, tmp_path: Path, *extra: str) -> tuple[Path, str]:
+    command, env = vae_command(processes, config, tmp_path, *extra)
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return Path(config.output_dir), done.stderr
@@ -551,3 +556,34 @@ def test_two_cpu_processes_train_what_one_does_write_once_and_resume_exactly(toy
     launch_vae(2, config("resumed", steps=2), tmp_path, "--resume", "latest")
     resumed, straight = vae_weights(stopped), vae_weights(two)
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_killed_with_sigkill_resume_to_the_uninterrupted_weights(toy_data, tmp_path: Path) -> None:
+    def config(name: str, steps: int):  # a constant rate: the killed run's schedule must not depend on its length
+        return vae_config(tmp_path / name, toy_data, train_batch_size=2, max_train_steps=steps, checkpointing_steps=1,
+                          lr_scheduler="constant")
+
+    command, env = vae_command(2, config("killed", steps=100_000), tmp_path)
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    root = tmp_path / "killed" / "checkpoints"
+    for _ in range(600):
+        if len(checkpoints.list_checkpoints(root)) >= 2 or process.poll() is not None:
+            break
+        time.sleep(0.2)
+    # as a scheduler ends a job: the launcher and every worker at once (torchrun starts each worker in a session
+    # of its own, so killing the launcher's process group alone would leave them training)
+    job = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    for member in job:
+        member.kill()
+    psutil.wait_procs(job, timeout=60)
+    process.wait(timeout=60)
+    killed_at = checkpoints.checkpoint_step(checkpoints.resolve_resume("latest", root))
+    assert killed_at >= 2
+
+    _, log = launch_vae(2, config("killed", steps=killed_at + 2), tmp_path, "--resume", "latest")
+    assert f"resumed at optimizer step {killed_at}" in log
+    straight, _ = launch_vae(2, config("straight", steps=killed_at + 2), tmp_path)
+    resumed, expected = vae_weights(tmp_path / "killed"), vae_weights(straight)
+    assert all(torch.equal(resumed[k], expected[k]) for k in expected)
