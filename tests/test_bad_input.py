@@ -102,3 +102,85 @@ def test_bad_training_input_is_one_message_before_any_work(kind, stage, extra, c
     assert message in err, err
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before the first step
     assert not list((tmp_path / "earlier" / "checkpoints").glob("checkpoint-[!3]*"))
+
+
+# ----- the Segmentation tools (each script's main, as `python Segmentation/<script>.py ...` calls it)
+
+def segmentation_main(script: str) -> Callable[[list[str]], int]:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(script, Path(__file__).resolve().parents[1] / "Segmentation" / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def nifti_pair(folder: Path, label_shape: tuple[int, int, int] = (8, 8, 3)) -> Path:
+    import nibabel as nib
+
+    folder.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 3), np.float32), np.eye(4)), folder / "case1_image.nii.gz")
+    nib.save(nib.Nifti1Image(np.zeros(label_shape, np.uint8), np.eye(4)), folder / "case1_label.nii.gz")
+    return folder
+
+
+def synthesis_json(root: Path, change: Callable[[list], object] = lambda entries: entries) -> Path:
+    write_gray(root / "image.png", np.zeros((16, 16), np.uint8))
+    write_gray(root / "mask.png", np.zeros((16, 16), np.uint8))
+    entries = [{"image_path": "image.png", **{f"mask_{k}_path": "mask.png" for k in range(4)}}]
+    path = root / "synthetic.json"
+    path.write_text(json.dumps(change(entries)))
+    return path
+
+
+def taken_id(root: Path) -> Path:
+    (root / "raw" / "Dataset601_Other").mkdir(parents=True)
+    return synthesis_json(root)
+
+
+EXPORT = ["--dataset_id", "601", "--dataset_name", "Mine"]
+SEGMENTATION_CASES = [
+    # kind, script, arguments ({root}: the test's folder), what the message must name
+    ("label volume of another shape than its image", "prepare_real_data",
+     lambda r: ["--image_dir", str(nifti_pair(r / "nii", (8, 8, 2))), "--label_names", "liver", *EXPORT],
+     "label shape (8, 8, 2) does not match the image's (8, 8, 3)"),
+    ("missing image folder", "prepare_real_data",
+     lambda r: ["--image_dir", str(r / "nowhere"), "--label_names", "liver", *EXPORT], "nowhere does not exist"),
+    ("NIfTI images without label names", "prepare_real_data",
+     lambda r: ["--image_dir", str(nifti_pair(r / "nii")), *EXPORT], "--image_dir needs --label_names"),
+    ("volume list line without its label names", "prepare_real_data",
+     lambda r: ["--jsonl", str(_jsonl(r, {"image": "a.nii.gz", "mask": "a.nii.gz"})), *EXPORT], "missing 'label'"),
+    ("synthesis JSON that is not a list", "prepare_nnunet_data",
+     lambda r: ["--json_file", str(synthesis_json(r, lambda e: e[0])), *EXPORT], "expected a JSON list"),
+    ("a taken nnU-Net dataset id", "prepare_nnunet_data",
+     lambda r: ["--json_file", str(taken_id(r)), *EXPORT], "already uses dataset id 601"),
+    ("ignored mask index out of range", "prepare_nnunet_data",
+     lambda r: ["--json_file", str(synthesis_json(r, lambda e: [{**e[0], "ignored_masks": [7]}])), *EXPORT],
+     "'ignored_masks' must be a list of mask indices in [0, 4)"),
+    ("unknown label mapping", "prepare_nnunet_data",
+     lambda r: ["--json_file", str(synthesis_json(r)), "--mask2label", "CHAOS_typo", *EXPORT],
+     "'CHAOS_typo' is neither a built-in name"),
+    ("test set without its geometry sidecars", "evaluate_nib",
+     lambda r: ["--seg_dir", str(r), "--gt_dir", str(r), "--geometry_dir", str(r / "geometryTs"),
+                "--target_dataset", "CHAOSMR", "--source_dataset", "CHAOSMR"],
+     "geometryTs does not exist; it is written by Segmentation/prepare_real_data.py"),
+]
+
+
+def _jsonl(root: Path, line: dict) -> Path:
+    path = root / "volumes.jsonl"
+    path.write_text(json.dumps(line) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("kind, script, arguments, message", SEGMENTATION_CASES, ids=[c[0] for c in SEGMENTATION_CASES])
+def test_bad_segmentation_input_is_one_message_before_any_work(kind, script, arguments, message, tmp_path, capsys):
+    argv = arguments(tmp_path)
+    if "--dataset_id" in argv:
+        argv += ["--out", str(tmp_path / "raw")]
+    with pytest.raises(SystemExit) as exit_info:
+        segmentation_main(script)(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "Traceback" not in err, err
+    assert message in err, err
+    assert not (tmp_path / "raw" / "Dataset601_Mine").exists()  # nothing half-written

@@ -84,7 +84,7 @@ def test_an_ignored_organ_becomes_the_ignore_label_over_its_search_box(tmp_path,
     report = export_json_files([_with_ignored_spleen(_synthetic_json(tmp_path / "synth"))], tmp_path / "raw",
                                ExportOptions(3, "Ignored", CHAOS))
     labels = read_gray(report.dataset_dir / "labelsTr" / "0_T2-SPIR_Abdomen_MRI_0.png")
-    # the spleen square covers rows 18-26 (soft edge 17), columns 4-19; its box grows by 2 px on every side
+    # the spleen square covers rows 19-26 (soft edge 18), columns 4-19; its box grows by 2 px on every side (to 16-28)
     assert labels[25, 10] == 5 and labels[28, 3] == 5  # inside the square, and in the margin
     assert labels[17, 10] == 3  # a trusted organ keeps its label inside the box
     assert labels[30, 10] == 0 and 4 not in labels  # outside the box: background; no spleen label anywhere
@@ -93,7 +93,7 @@ def test_an_ignored_organ_becomes_the_ignore_label_over_its_search_box(tmp_path,
     assert meta["labels"] == {"background": 0, "liver": 1, "right kidney": 2, "left kidney": 3, "spleen": 4, "ignore": 5}
     assert report.with_ignored == 1 and "with an ignore region: 1" in caplog.text
     picture = np.asarray(Image.open(report.dataset_dir / "visualizationTr" / "0_T2-SPIR_Abdomen_MRI_0.png"))
-    assert tuple(picture[29, 10]) == IGNORE_COLOUR  # the box's outline, grey
+    assert tuple(picture[28, 10]) == IGNORE_COLOUR  # the box's bottom edge: outlined in grey
     bad = json.loads((tmp_path / "synth" / "ignored.json").read_text())
     bad[0]["ignored_masks"] = [4]
     (tmp_path / "synth" / "bad.json").write_text(json.dumps(bad))

@@ -151,39 +151,40 @@ def merge_items(lists: Sequence[list[SliceItem]], ratios: Sequence[float] | None
 
 
 def export_slices(items: Sequence[SliceItem], out_root: Path, options: ExportOptions) -> ExportReport:
-    """Write ``imagesTr``/``labelsTr``/``visualizationTr`` and dataset.json under ``out_root``."""
+    """Write ``imagesTr``/``labelsTr``/``visualizationTr`` and dataset.json under ``out_root``; an export stopped
+    by an error leaves nothing behind."""
     if not items:
         raise ExportError("no entries to export")
     dataset_dir = make_dataset_dir(Path(out_root), options.dataset_id, options.dataset_name)
     folders = SplitFolders(dataset_dir, "Tr", options.file_format)
-    folders.prepare(("images", "labels", "visualization"), options.overwrite)
     report = ExportReport(dataset_dir)
-    names = unique_names(items)
-    warned_spacing = False
-    for item, name in tqdm(list(zip(items, names)), desc="export slices", unit="slice"):
-        image, labels = _read_item(item, options)
-        spacing = _pixel_spacing(item, image.shape, options)
-        if spacing is None:
-            spacing = (1.0, 1.0)
-            if options.file_format == "nifti" and not warned_spacing:
-                log.warning("no spacing in the entries and no --spacing: NIfTI slices get 1 mm pixels")
-                warned_spacing = True
-        if options.size is not None:
-            spacing = tuple(s * max(image.shape) / options.size for s in spacing)
-        padded = options.size is not None
-        image = np.clip(np.rint(forward_image(image.astype(np.float32), padded, options.size)), 0, 255).astype(np.uint8)
-        labels = forward_labels(labels, padded, options.size)
-        affine = planar_affine(*spacing)
-        folders.write_image(name, image, affine)
-        folders.write_label(name, labels, affine)
-        write_rgb(folders.folder("visualization") / f"{name}.png",
-                  overlay(image, labels, OVERLAY_ALPHA, {options.labels.ignore_id: IGNORE_COLOUR}))
-        _count(name, labels, options.labels, report)
-    write_dataset_json(dataset_dir, options.labels, options.file_format, options.dataset_name,
-                       options.dataset_name, options.channel_name, overwrite=options.overwrite,
-                       ignore=any(item.ignored for item in items))
+    if options.file_format == "nifti" and options.spacing is None and any(item.spacing is None for item in items):
+        log.warning("entries without spacing and no --spacing: their NIfTI slices get 1 mm pixels")
+    with folders.written(("images", "labels", "visualization"), options.overwrite):
+        for item, name in tqdm(list(zip(items, unique_names(items))), desc="export slices", unit="slice"):
+            _count(name, _export_item(item, name, folders, options), options.labels, report)
+        write_dataset_json(dataset_dir, options.labels, options.file_format, options.dataset_name,
+                           options.dataset_name, options.channel_name, overwrite=options.overwrite,
+                           ignore=any(item.ignored for item in items))
     _log_report(report)
     return report
+
+
+def _export_item(item: SliceItem, name: str, folders: SplitFolders, options: ExportOptions) -> np.ndarray:
+    """Write one slice's image, label map and overlay; returns the label map written."""
+    image, labels = _read_item(item, options)
+    spacing = _pixel_spacing(item, image.shape, options) or (1.0, 1.0)
+    if options.size is not None:
+        spacing = tuple(s * max(image.shape) / options.size for s in spacing)
+    padded = options.size is not None
+    image = np.clip(np.rint(forward_image(image.astype(np.float32), padded, options.size)), 0, 255).astype(np.uint8)
+    labels = forward_labels(labels, padded, options.size)
+    affine = planar_affine(*spacing)
+    folders.write_image(name, image, affine)
+    folders.write_label(name, labels, affine)
+    write_rgb(folders.folder("visualization") / f"{name}.png",
+              overlay(image, labels, OVERLAY_ALPHA, {options.labels.ignore_id: IGNORE_COLOUR}))
+    return labels
 
 
 def _read_item(item: SliceItem, options: ExportOptions) -> tuple[np.ndarray, np.ndarray]:

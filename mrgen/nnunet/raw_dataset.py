@@ -8,13 +8,14 @@ files do not.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 import nibabel as nib
 import numpy as np
@@ -68,6 +69,19 @@ class SplitFolders:
                 log.info("removing the previous contents of %s", folder)
                 shutil.rmtree(folder)
             folder.mkdir(parents=True, exist_ok=True)
+
+    @contextlib.contextmanager
+    def written(self, kinds: tuple[str, ...], overwrite: bool) -> Iterator[None]:
+        """``prepare`` the folders for the writing inside the block; if it fails, remove them again (and the dataset
+        folder if the block's export created it), so a stopped export leaves nothing half-written."""
+        created = not self.dataset_dir.exists()
+        self.prepare(kinds, overwrite)
+        try:
+            yield
+        except BaseException:
+            for folder in [self.dataset_dir] if created else [self.folder(kind) for kind in kinds]:
+                shutil.rmtree(folder, ignore_errors=True)
+            raise
 
     def write_image(self, name: str, image: np.ndarray, affine: np.ndarray | None = None) -> Path:
         return self._write(self.image_path(name), image, affine)

@@ -106,21 +106,21 @@ def convert_real_volumes(sources: Sequence[VolumeSource], out_root: Path, option
     dataset_dir = make_dataset_dir(Path(out_root), options.dataset_id, options.dataset_name)
     folders = SplitFolders(dataset_dir, SPLITS[options.split], options.file_format)
     kinds = ("images", "geometry") + (("labels",) if options.write_labels else ()) + (("conditional",) if options.write_index else ())
-    folders.prepare(kinds, options.overwrite)
     report = ConversionReport(dataset_dir, options.split)
     labels = options.labels
     entries: list[IndexEntry] = []
-    for source in tqdm(sources, desc=f"export {options.split} volumes", unit="case"):
-        volume = source.load()
-        if labels is None:
-            labels = ExportLabels(tuple(volume.label_names), f"labels of {source.describe}")
-        entries += export_case(volume, folders, options, labels, report)
-    write_dataset_json(dataset_dir, labels, options.file_format, options.dataset_name,
-                       f"{options.dataset_name}: real volumes sliced by mrgen", options.channel_name,
-                       overwrite=options.overwrite)
-    if options.write_index:
-        report.index_path = folders.folder("conditional") / f"{options.dataset_name}_{options.split}.json"
-        save_index(entries, report.index_path)
+    with folders.written(kinds, options.overwrite):
+        for source in tqdm(sources, desc=f"export {options.split} volumes", unit="case"):
+            volume = source.load()
+            if labels is None:
+                labels = ExportLabels(tuple(volume.label_names), f"labels of {source.describe}")
+            entries += export_case(volume, folders, options, labels, report)
+        write_dataset_json(dataset_dir, labels, options.file_format, options.dataset_name,
+                           f"{options.dataset_name}: real volumes sliced by mrgen", options.channel_name,
+                           overwrite=options.overwrite)
+        if options.write_index:
+            report.index_path = folders.folder("conditional") / f"{options.dataset_name}_{options.split}.json"
+            save_index(entries, report.index_path)
     log.info("%s: %d cases, %d slices (%d without any label) -> %s; slices per organ: %s", options.split,
              report.cases, report.slices, report.empty_label_slices, dataset_dir, dict(report.organ_slices))
     return report
