@@ -352,18 +352,22 @@ def evaluated(result: dict[str, Any] | None) -> bool:
 
 
 def cost_table(by_condition: dict[str, Any]) -> str:
-    lines = ["| training data | nnU-Net stage time (s) | synthetic candidates | accepted | UNet evaluations / accepted | s / accepted |",
+    """Per arm: its nnU-Net stage time and, for a synthetic arm, what its training slices cost (the filtered arms
+    train on the accepted candidates, the unfiltered one on every candidate)."""
+    lines = ["| training data | nnU-Net stage time (s) | synthetic candidates | training slices | UNet evaluations / slice | s / slice |",
              "|---|---|---|---|---|---|"]
     for key, r in by_condition.items():
         if r is None:
             continue
         s = r.get("synthesis")
-        synth = ["", "", "", ""] if s is None else [str(s["candidates"]), str(s["accepted"]),
-                                                    number_cell(s["unet_evaluations_per_accepted"], ".0f"), number_cell(s["seconds_per_accepted"], ".2f")]
+        synth = ["", "", "", ""]
+        if s is not None:
+            slices = r.get("samples", s["accepted"])
+            synth = [str(s["candidates"]), str(slices), number_cell(s["unet_evaluations"] / slices if slices else None, ".0f"),
+                     number_cell(s["seconds"] / slices if slices else None, ".2f")]
         stage = number_cell(r.get("seconds"), ".0f")  # n/a: nothing was accepted, so no segmenter was trained
         lines.append(f"| {CONDITIONS[key][0]} | {stage} | " + " | ".join(synth) + " |")
     return "\n".join(lines)
-
 
 
 def write_chart(path: Path, results: dict[str, dict[str, Any]], keys: list[str]) -> None:
