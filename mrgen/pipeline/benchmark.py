@@ -363,8 +363,10 @@ def cost_table(by_condition: dict[str, Any]) -> str:
         synth = ["", "", "", ""]
         if s is not None:
             slices = r.get("samples", s["accepted"])
+            # generation time: a stage's own "seconds" is its wall time, models' loading included
+            generation = s["seconds_per_accepted"] * s["accepted"] if s["accepted"] else None
             synth = [str(s["candidates"]), str(slices), number_cell(s["unet_evaluations"] / slices if slices else None, ".0f"),
-                     number_cell(s["seconds"] / slices if slices else None, ".2f")]
+                     number_cell(generation / slices if slices and generation else None, ".2f")]
         stage = number_cell(r.get("seconds"), ".0f")  # n/a: nothing was accepted, so no segmenter was trained
         lines.append(f"| {CONDITIONS[key][0]} | {stage} | " + " | ".join(synth) + " |")
     return "\n".join(lines)
