@@ -132,13 +132,16 @@ def plain_seconds_per_step(config, warmup: int) -> float:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    from mrgen.training.sample_keys import KeyedDataset
     from mrgen.training.unet_stage import UNetStage
 
     reset_accelerate()
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(config.seed)
     stage = UNetStage(config, accelerator, Path(config.output_dir))
-    loader = torch.utils.data.DataLoader(stage.train_dataset, batch_size=HARNESS_BATCH, shuffle=True, drop_last=True)
+    # the stage's loss draws its noise from each sample's key (mrgen.training.sample_keys), as in the harness
+    loader = torch.utils.data.DataLoader(KeyedDataset(stage.train_dataset, config.seed), batch_size=HARNESS_BATCH,
+                                         shuffle=True, drop_last=True)
     optimizer = torch.optim.AdamW(stage.trained_model.parameters(), lr=config.train.learning_rate)
     model, optimizer, loader = accelerator.prepare(stage.trained_model, optimizer, loader)
     model.train()
