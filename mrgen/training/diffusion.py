@@ -21,7 +21,8 @@ from mrgen.models.pipeline_folder import TextEncoderSpec
 from mrgen.models.sampling import denoise
 from mrgen.models.text_encoders import PromptEmbeddings
 from mrgen.training.latent_cache import CachedLatentDataset, LatentCache
-from mrgen.training.sample_keys import NOISE, POSTERIOR, PROMPT_DROPOUT, SAMPLE_KEY, TIMESTEP, keyed_normal, keyed_uniform
+from mrgen.training.sample_keys import (NOISE, POSTERIOR, PROMPT_DROPOUT, SAMPLE_KEY, TIMESTEP, keyed_normal,
+                                       keyed_uniform)
 
 log = logging.getLogger(__name__)
 
