@@ -19,6 +19,10 @@ zoo's ControlNet of its pair and learns from the zoo organ attention's self-samp
 
 Example (about an hour and a half on 2 CPU cores, most of it the three 3,000-step ControlNets):
     python scripts/train_zoo.py --out zoo/phantom --work runs/zoo
+
+The next zoo (2x VAE, 32 x 32 latents; VAE and UNet so far, zoo/phantom_2x/README.md):
+    python scripts/train_zoo.py --configs training_configs/zoo_2x --out zoo/phantom_2x --work runs/zoo_2x \
+        --pairs --organ_attention --self_trained
 """
 
 from __future__ import annotations
@@ -35,18 +39,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "training_configs" / "zoo"
 RESUME = ["--resume", "latest"]  # a killed stage continues from its last checkpoint (a new run if there is none)
+# config file names, in the --configs folder
 PAIRS = {  # zoo folder name -> (config, extra overrides)
-    "controlnet_T1-InPhase_to_T2-SPIR": (CONFIGS / "controlnet_phantom_T1_to_T2-SPIR.yml", []),
-    "controlnet_T2-SPIR_to_T1-InPhase": (CONFIGS / "controlnet_phantom_T2-SPIR_to_T1.yml", []),
-    "controlnet_T1-InPhase_to_T2-SPIR_no_target_images": (CONFIGS / "controlnet_phantom_T1_to_T2-SPIR.yml",
+    "controlnet_T1-InPhase_to_T2-SPIR": ("controlnet_phantom_T1_to_T2-SPIR.yml", []),
+    "controlnet_T2-SPIR_to_T1-InPhase": ("controlnet_phantom_T2-SPIR_to_T1.yml", []),
+    "controlnet_T1-InPhase_to_T2-SPIR_no_target_images": ("controlnet_phantom_T1_to_T2-SPIR.yml",
                                                           ["data.use_target_images=false"]),
 }
 
-ORGAN_ATTENTION = {"organ_attention_T1-InPhase_to_T2-SPIR": CONFIGS / "organ_attention_phantom_T1_to_T2-SPIR.yml"}
+ORGAN_ATTENTION = {"organ_attention_T1-InPhase_to_T2-SPIR": "organ_attention_phantom_T1_to_T2-SPIR.yml"}
 SELF_TRAINED = {  # zoo folder name -> (config, the ControlNet it starts from, the organ attention it learns from)
-    "controlnet_self_trained_T1-InPhase_to_T2-SPIR": (CONFIGS / "controlnet_self_trained_phantom_T1_to_T2-SPIR.yml",
+    "controlnet_self_trained_T1-InPhase_to_T2-SPIR": ("controlnet_self_trained_phantom_T1_to_T2-SPIR.yml",
                                                       "controlnet_T1-InPhase_to_T2-SPIR",
                                                       "organ_attention_T1-InPhase_to_T2-SPIR"),
 }
@@ -56,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="zoo/phantom", help="the zoo folder")
     p.add_argument("--work", default="runs/zoo", help="data and training runs")
+    p.add_argument("--configs", type=Path, default=REPO / "training_configs" / "zoo",
+                   help="the stage configs (training_configs/zoo_2x: the next zoo, VAE and UNet so far)")
     p.add_argument("--cases", type=int, default=60, help="phantom cases per modality")
     p.add_argument("--data_seed", type=int, default=1)
     p.add_argument("--vae_steps", type=int, help="default: the config's")
@@ -115,15 +121,15 @@ def train_all(args: argparse.Namespace, work: Path) -> dict[str, float]:
     image_text = [f"data.index_paths=[{data}/image_text_train.json]",
                   f"data.test_index_paths=[{data}/image_text_test.json]"]
     threads = [f"train.num_threads={args.threads}"]
-    stage("vae", work / "vae", ["train_vae.py", "--config", str(CONFIGS / "train_vae_phantom.yml"),
+    stage("vae", work / "vae", ["train_vae.py", "--config", str(args.configs / "train_vae_phantom.yml"),
                                 f"output_dir={work}/vae", *steps(args.vae_steps), *image_text, *threads], times)
-    stage("unet", work / "unet", ["train_unet.py", "--config", str(CONFIGS / "train_unet_phantom.yml"),
+    stage("unet", work / "unet", ["train_unet.py", "--config", str(args.configs / "train_unet_phantom.yml"),
                                   f"output_dir={work}/unet", f"model.pretrained_model_path={work}/vae/pipeline",
                                   *steps(args.unet_steps), *image_text, *threads], times)
     controlnets = {}
     for name in (n for n in args.pairs if todo(n, work / n)):
         config, extra = PAIRS[name]
-        controlnets[name] = (["train_controlnet.py", "--config", str(config), f"output_dir={work}/{name}",
+        controlnets[name] = (["train_controlnet.py", "--config", str(args.configs / config), f"output_dir={work}/{name}",
                               f"model.pretrained_model_path={work}/unet/pipeline", f"data.data_root={data}",
                               *steps(args.controlnet_steps), *extra, "train.num_threads=1", *RESUME],
                              work / f"{name}.log")
@@ -171,7 +177,7 @@ def train_organ_attention(args: argparse.Namespace, work: Path, out: Path) -> di
     """Organ attention from the assembled zoo's UNet; each run's pipeline folder copied into the zoo."""
     times: dict[str, float] = {}
     for name in args.organ_attention:
-        stage(name, work / name, ["train_organ_attention.py", "--config", str(ORGAN_ATTENTION[name]),
+        stage(name, work / name, ["train_organ_attention.py", "--config", str(args.configs / ORGAN_ATTENTION[name]),
                                   f"output_dir={work}/{name}", f"model.pretrained_model_path={out}",
                                   f"data.data_root={work / 'data'}", f"train.num_threads={args.threads}"], times)
         copy_pipeline(work / name / "pipeline", out / name, ("vae", "unet", "organ_attention"),
@@ -184,7 +190,7 @@ def train_self_trained(args: argparse.Namespace, work: Path, out: Path) -> dict[
     times: dict[str, float] = {}
     for name in args.self_trained:
         config, controlnet, organ_attention = SELF_TRAINED[name]
-        stage(name, work / name, ["train_controlnet.py", "--config", str(config), f"output_dir={work}/{name}",
+        stage(name, work / name, ["train_controlnet.py", "--config", str(args.configs / config), f"output_dir={work}/{name}",
                                   f"model.pretrained_model_path={out}", f"model.init_from={out / controlnet}",
                                   f"self_training.organ_attention={out / organ_attention}",
                                   f"data.data_root={work / 'data'}", f"train.num_threads={args.threads}"], times)
