@@ -130,7 +130,7 @@ def save_validation_curve(path: str | os.PathLike, history: Sequence[dict[str, f
     for i, base in enumerate(bases):
         ax = figure.add_subplot(rows, columns, i + 1)
         for name, (label, colour), style in [(base, ("model", "tab:blue"), "-o"),
-                                             *((base + s, ref, "--") for s, ref in REFERENCE_SUFFIXES.items())]:
+                                             *((base + s, ref, "--x") for s, ref in REFERENCE_SUFFIXES.items())]:
             points = [(e["step"], e[name]) for e in history if name in e]
             if points:
                 ax.plot(*zip(*points), style, color=colour, markersize=3, linewidth=1.3, label=label)
