@@ -118,6 +118,9 @@ class MaskEncoding:
         return min(b - a for a, b in zip(codes, codes[1:]))
 
 
+SEARCH_BOX_MARGIN = 0.15  # the offline filter's box margin (where it looks for an organ), as a fraction of the box
+
+
 def box_with_margin(mask: np.ndarray, margin: float) -> tuple[slice, slice]:
     """The bounding box of a non-empty mask grown on every side by ``margin`` of its larger side (at least 2 px)."""
     rows, cols = np.nonzero(mask)

@@ -31,13 +31,13 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_multiotsu
 
-from mrgen.data.preprocess import box_with_margin
+from mrgen.data.preprocess import SEARCH_BOX_MARGIN, box_with_margin
 from mrgen.filtering.base import FilterScores, iou, present
 
 
 @dataclass(frozen=True)
 class ClassicalSegmenter:
-    margin: float = 0.15       # box margin, as a fraction of the box's larger side (at least 2 px)
+    margin: float = SEARCH_BOX_MARGIN  # box margin, as a fraction of the box's larger side (at least 2 px)
     classes: int = 3           # multi-Otsu classes inside the box
     smoothing: float = 0.7     # Gaussian sigma in pixels before thresholding
     cnr_scale: float = 0.75    # confidence = 1 - exp(-CNR / cnr_scale); see the calibration note above

@@ -9,7 +9,7 @@ its own ratio with a seeded RNG (the original's ``merg_json``).
 
 An entry's ``ignored_masks`` (mask indices; written by the per-organ selection rule, ``mrgen.filtering.selection``)
 are organs the quality filter did not trust: instead of their label, the pixels of their box (the filter's search
-box, ``IGNORE_MARGIN``) that no trusted organ claims get nnU-Net's ignore label, which the loss skips; dataset.json
+box, ``SEARCH_BOX_MARGIN``) that no trusted organ claims get nnU-Net's ignore label, which the loss skips; dataset.json
 then lists ``"ignore"`` as the highest label.
 
 Additions: ``--format nifti`` writes pseudo-3D ``(1, H, W)`` NIfTI carrying the in-plane spacing, from the
@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from mrgen.data.preprocess import box_with_margin
+from mrgen.data.preprocess import SEARCH_BOX_MARGIN, box_with_margin
 from mrgen.io.images import read_gray, to_uint8, write_rgb
 from mrgen.nnunet.env import dataset_dir as make_dataset_dir, raw_root
 from mrgen.nnunet.geometry import forward_image, forward_labels
@@ -42,7 +42,6 @@ from mrgen.viz import overlay
 log = logging.getLogger(__name__)
 
 OVERLAY_ALPHA = 0.3  # the original's 70% image, 30% colour
-IGNORE_MARGIN = 0.15  # the offline filter's box margin: where it looked for the organ
 IGNORE_COLOUR = (150, 150, 150)  # grey in visualizationTr
 MAX_LISTED = 10
 
@@ -207,7 +206,7 @@ def _read_item(item: SliceItem, options: ExportOptions) -> tuple[np.ndarray, np.
     for organ in ignored:
         if organ.any():
             box = np.zeros_like(organ)
-            box[box_with_margin(organ, IGNORE_MARGIN)] = True
+            box[box_with_margin(organ, SEARCH_BOX_MARGIN)] = True
             labels[box & (labels == 0)] = options.labels.ignore_id
     return image, labels
 
