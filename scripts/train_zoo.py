@@ -2,11 +2,12 @@
 """Train the phantom model zoo: the tiny VAE, UNet and ControlNets on the simulated dataset, reproducibly.
 
 Every stage is one of the project's training scripts with a config from ``training_configs/zoo/`` (the recipe;
-see docs/mask_following.md for how it was chosen) and fixed seeds; a stage whose pipeline folder already
-exists under ``--work`` is skipped and an interrupted one resumes from its last checkpoint, so an interrupted
-run continues (to train a finished stage longer, raise its config's ``max_train_steps`` and delete its
-``pipeline`` folder: it resumes from its last checkpoint). The zoo folder then holds stock diffusers
-folders in fp16 safetensors:
+see docs/mask_following.md for how it was chosen) and fixed seeds. A stage whose pipeline folder under
+``--work`` or whose folder in the zoo already exists is skipped (on a fresh clone the committed VAE and UNet
+are upcast into ``--work`` for the later stages to start from), and an interrupted one resumes from its last
+checkpoint, so an interrupted run continues (to train a finished stage longer, raise its config's
+``max_train_steps`` and delete its ``pipeline`` folder and its zoo folder: it resumes from its last
+checkpoint). The zoo folder then holds stock diffusers folders in fp16 safetensors:
 
     <out>/vae/ unet/ scheduler/ text_encoder.json      (a pipeline folder for synthesize_filter_multi.py --ckpt)
     <out>/controlnet_<source>_to_<target>/              (--controlnet)
@@ -20,9 +21,8 @@ zoo's ControlNet of its pair and learns from the zoo organ attention's self-samp
 Example (about an hour and a half on 2 CPU cores, most of it the three 3,000-step ControlNets):
     python scripts/train_zoo.py --out zoo/phantom --work runs/zoo
 
-The next zoo (2x VAE, 32 x 32 latents; VAE and UNet so far, zoo/phantom_2x/README.md):
-    python scripts/train_zoo.py --configs training_configs/zoo_2x --out zoo/phantom_2x --work runs/zoo_2x \
-        --pairs --organ_attention --self_trained
+The next zoo (2x VAE, 32 x 32 latents, zoo/phantom_2x/README.md):
+    python scripts/train_zoo.py --configs training_configs/zoo_2x --out zoo/phantom_2x --work runs/zoo_2x
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="zoo/phantom", help="the zoo folder")
     p.add_argument("--work", default="runs/zoo", help="data and training runs")
     p.add_argument("--configs", type=Path, default=REPO / "training_configs" / "zoo",
-                   help="the stage configs (training_configs/zoo_2x: the next zoo, VAE and UNet so far)")
+                   help="the stage configs (training_configs/zoo_2x: the next zoo)")
     p.add_argument("--cases", type=int, default=60, help="phantom cases per modality")
     p.add_argument("--data_seed", type=int, default=1)
     p.add_argument("--vae_steps", type=int, help="default: the config's")
@@ -100,19 +100,32 @@ def run(command: list[str], log: Path) -> float:
     return run_parallel({"stage": (command, log)}, 1)["stage"]
 
 
-def todo(name: str, folder: Path) -> bool:
-    if (folder / "pipeline").is_dir():
-        print(f"{name}: {folder / 'pipeline'} exists, skipped", flush=True)
-        return False
+def todo(name: str, work: Path, out: Path) -> bool:
+    """Whether a stage still has to train: neither its run's pipeline folder nor its zoo folder exists."""
+    for finished in (work / name / "pipeline", out / name):
+        if finished.is_dir():
+            print(f"{name}: {finished} exists, skipped", flush=True)
+            return False
     return True
 
 
-def stage(name: str, folder: Path, command: list[str], times: dict[str, float]) -> None:
-    if todo(name, folder):
-        times[name] = round(run([*command, *RESUME], folder.with_suffix(".log")), 1)
+def stage(name: str, work: Path, out: Path, command: list[str], times: dict[str, float]) -> None:
+    if todo(name, work, out):
+        times[name] = round(run([*command, *RESUME], work / f"{name}.log"), 1)
 
 
-def train_all(args: argparse.Namespace, work: Path) -> dict[str, float]:
+def restore_from_zoo(work: Path, out: Path) -> None:
+    """The committed zoo's VAE and UNet (upcast to fp32) as the run folders later stages start from.
+
+    On a machine without ``--work`` (a fresh clone), the finished stages are then not trained again."""
+    unet_run, vae_run = work / "unet" / "pipeline", work / "vae" / "pipeline"
+    if (out / "unet").is_dir() and not unet_run.is_dir():
+        copy_pipeline(out, unet_run, ("vae", "unet"), ("text_encoder.json",), torch.float32)
+    elif (out / "vae").is_dir() and not vae_run.is_dir() and not unet_run.is_dir():
+        copy_weights(out / "vae", vae_run / "vae", torch.float32)
+
+
+def train_all(args: argparse.Namespace, work: Path, out: Path) -> dict[str, float]:
     data, times = work / "data", {}
     if not (data / "image_text_train.json").is_file():
         times["data"] = round(run(["scripts/make_phantom_dataset.py", "--out", str(data), "--cases", str(args.cases),
@@ -121,13 +134,14 @@ def train_all(args: argparse.Namespace, work: Path) -> dict[str, float]:
     image_text = [f"data.index_paths=[{data}/image_text_train.json]",
                   f"data.test_index_paths=[{data}/image_text_test.json]"]
     threads = [f"train.num_threads={args.threads}"]
-    stage("vae", work / "vae", ["train_vae.py", "--config", str(args.configs / "train_vae_phantom.yml"),
+    restore_from_zoo(work, out)
+    stage("vae", work, out, ["train_vae.py", "--config", str(args.configs / "train_vae_phantom.yml"),
                                 f"output_dir={work}/vae", *steps(args.vae_steps), *image_text, *threads], times)
-    stage("unet", work / "unet", ["train_unet.py", "--config", str(args.configs / "train_unet_phantom.yml"),
+    stage("unet", work, out, ["train_unet.py", "--config", str(args.configs / "train_unet_phantom.yml"),
                                   f"output_dir={work}/unet", f"model.pretrained_model_path={work}/vae/pipeline",
                                   *steps(args.unet_steps), *image_text, *threads], times)
     controlnets = {}
-    for name in (n for n in args.pairs if todo(n, work / n)):
+    for name in (n for n in args.pairs if todo(n, work, out)):
         config, extra = PAIRS[name]
         controlnets[name] = (["train_controlnet.py", "--config", str(args.configs / config), f"output_dir={work}/{name}",
                               f"model.pretrained_model_path={work}/unet/pipeline", f"data.data_root={data}",
@@ -140,33 +154,35 @@ def steps(count: int | None) -> list[str]:
     return [] if count is None else [f"train.max_train_steps={count}"]
 
 
-def copy_fp16(source: Path, destination: Path) -> None:
-    """A diffusers model folder with its weights stored in fp16 (they load back with from_pretrained)."""
+def copy_weights(source: Path, destination: Path, dtype: torch.dtype = torch.float16) -> None:
+    """A diffusers model folder with its weights stored in ``dtype`` (fp16 ones load back with from_pretrained)."""
     destination.mkdir(parents=True, exist_ok=True)
     shutil.copy2(source / "config.json", destination / "config.json")
     weights = load_file(source / "diffusion_pytorch_model.safetensors")
-    save_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in weights.items()},
+    save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in weights.items()},
               destination / "diffusion_pytorch_model.safetensors")
 
 
-def copy_pipeline(pipeline: Path, destination: Path, models: tuple[str, ...], files: tuple[str, ...]) -> None:
-    """A pipeline folder's ``models`` in fp16, its scheduler and its ``files``."""
+def copy_pipeline(pipeline: Path, destination: Path, models: tuple[str, ...], files: tuple[str, ...],
+                  dtype: torch.dtype = torch.float16) -> None:
+    """A pipeline folder's ``models`` in ``dtype``, its scheduler and its ``files``."""
     for component in models:
-        copy_fp16(pipeline / component, destination / component)
+        copy_weights(pipeline / component, destination / component, dtype)
     shutil.copytree(pipeline / "scheduler", destination / "scheduler", dirs_exist_ok=True)
     for file in files:
         shutil.copy2(pipeline / file, destination / file)
 
 
 def assemble(args: argparse.Namespace, work: Path, out: Path) -> None:
+    """The finished runs' models into the zoo, in fp16 (a stage taken from the zoo has no run to copy)."""
     copy_pipeline(work / "unet" / "pipeline", out, ("vae", "unet"), ("text_encoder.json",))
-    for name in args.pairs:
+    for name in (n for n in args.pairs if (work / n / "pipeline").is_dir()):
         copy_controlnet(work / name / "pipeline", out / name)
 
 
 def copy_controlnet(pipeline: Path, destination: Path) -> None:
     """The ControlNet in fp16, its pair and its run's mask-following curve."""
-    copy_fp16(pipeline / "controlnet", destination)
+    copy_weights(pipeline / "controlnet", destination)
     shutil.copy2(pipeline / "pair.json", destination / "pair.json")
     curve = pipeline.parent / "validation_curve.png"
     if curve.is_file():
@@ -177,11 +193,12 @@ def train_organ_attention(args: argparse.Namespace, work: Path, out: Path) -> di
     """Organ attention from the assembled zoo's UNet; each run's pipeline folder copied into the zoo."""
     times: dict[str, float] = {}
     for name in args.organ_attention:
-        stage(name, work / name, ["train_organ_attention.py", "--config", str(args.configs / ORGAN_ATTENTION[name]),
-                                  f"output_dir={work}/{name}", f"model.pretrained_model_path={out}",
-                                  f"data.data_root={work / 'data'}", f"train.num_threads={args.threads}"], times)
-        copy_pipeline(work / name / "pipeline", out / name, ("vae", "unet", "organ_attention"),
-                      ("text_encoder.json", "pair.json"))
+        stage(name, work, out, ["train_organ_attention.py", "--config", str(args.configs / ORGAN_ATTENTION[name]),
+                                 f"output_dir={work}/{name}", f"model.pretrained_model_path={out}",
+                                 f"data.data_root={work / 'data'}", f"train.num_threads={args.threads}"], times)
+        if (work / name / "pipeline").is_dir():
+            copy_pipeline(work / name / "pipeline", out / name, ("vae", "unet", "organ_attention"),
+                          ("text_encoder.json", "pair.json"))
     return times
 
 
@@ -190,11 +207,12 @@ def train_self_trained(args: argparse.Namespace, work: Path, out: Path) -> dict[
     times: dict[str, float] = {}
     for name in args.self_trained:
         config, controlnet, organ_attention = SELF_TRAINED[name]
-        stage(name, work / name, ["train_controlnet.py", "--config", str(args.configs / config), f"output_dir={work}/{name}",
-                                  f"model.pretrained_model_path={out}", f"model.init_from={out / controlnet}",
-                                  f"self_training.organ_attention={out / organ_attention}",
-                                  f"data.data_root={work / 'data'}", f"train.num_threads={args.threads}"], times)
-        copy_controlnet(work / name / "pipeline", out / name)
+        stage(name, work, out, ["train_controlnet.py", "--config", str(args.configs / config), f"output_dir={work}/{name}",
+                                 f"model.pretrained_model_path={out}", f"model.init_from={out / controlnet}",
+                                 f"self_training.organ_attention={out / organ_attention}",
+                                 f"data.data_root={work / 'data'}", f"train.num_threads={args.threads}"], times)
+        if (work / name / "pipeline").is_dir():
+            copy_controlnet(work / name / "pipeline", out / name)
     return times
 
 
@@ -202,7 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     work, out = Path(args.work), Path(args.out)
     work.mkdir(parents=True, exist_ok=True)
-    times = train_all(args, work)
+    times = train_all(args, work, out)
     assemble(args, work, out)
     times.update(train_organ_attention(args, work, out))
     times.update(train_self_trained(args, work, out))
