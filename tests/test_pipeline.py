@@ -45,7 +45,7 @@ def test_pipeline_runs_end_to_end_and_resumes(pipeline, tmp_path, monkeypatch):
     (out / "synthesis" / "manifest.jsonl").unlink()
     run_pipeline(config)
     second = json.loads((out / "report.json").read_text())
-    assert second["dataset"]["seconds"] == first["dataset"]["seconds"]  # finished stages are not redone
+    assert second["dataset"]["stage_seconds"] == first["dataset"]["stage_seconds"]  # finished stages are not redone
     assert second["synthesis"]["candidates"] == first["synthesis"]["candidates"] > 0
     assert second["synthesis"]["accepted"] == first["synthesis"]["accepted"]
     assert second["evaluation"]["mean"] == first["evaluation"]["mean"]  # same seed, same numbers
@@ -99,12 +99,13 @@ def test_benchmark_table_marks_a_condition_without_accepted_samples(tmp_path):
 
     def evaluated(dice: float) -> dict:
         return {"mean_over": organs, "organs": {o: {"dice": dice, "hd95": 5.0} for o in organs},
-                "mean": {"dice": dice, "hd95": 5.0}, "seconds": 1.0}
+                "mean": {"dice": dice, "hd95": 5.0}, "stage_seconds": 1.0}
 
-    synthesis = {"candidates": 8, "accepted": 0, "unet_evaluations_per_accepted": None, "seconds_per_accepted": None}
+    synthesis = {"candidates": 8, "accepted": 0, "unet_evaluations_per_accepted": None, "seconds_per_accepted": None,
+                 "seconds": 3.0}
     results = {"T1-InPhase -> T2-SPIR": {"a": evaluated(0.1), "b": evaluated(0.2),
                                          "c": {"samples": 0, "skipped": "no accepted synthetic sample",
-                                               "synthesis": synthesis, "seconds": 2.0},
+                                               "synthesis": synthesis, "stage_seconds": 2.0},
                                          "d_unfiltered": {**evaluated(0.3), "synthesis": {**synthesis, "accepted": 0}},
                                          "d_no_target": None, "e": evaluated(0.9)}}
     table = write_outputs(tmp_path, BenchmarkConfig(out=str(tmp_path), seeds=1), results, {}, StageRunner(tmp_path, []))
@@ -137,7 +138,8 @@ def test_benchmark_tables_are_written_when_no_arm_of_a_pair_had_samples_to_train
     from mrgen.pipeline.benchmark import BenchmarkConfig, write_outputs
     from mrgen.pipeline.stages import StageRunner
 
-    synthesis = {"candidates": 256, "accepted": 0, "unet_evaluations_per_accepted": None, "seconds_per_accepted": None}
+    synthesis = {"candidates": 256, "accepted": 0, "unet_evaluations_per_accepted": None, "seconds_per_accepted": None,
+                 "seconds": 3.0}
     results = {"T1-InPhase -> T2-SPIR": {"c": {"samples": 0, "synthesis": synthesis}}}
     config = BenchmarkConfig(out=str(tmp_path), conditions=["c"])
     text = write_outputs(tmp_path, config, results, {}, StageRunner(tmp_path, [])).read_text()
@@ -154,7 +156,7 @@ def test_a_stage_run_inside_another_is_timed_once(tmp_path):
         runner.run("inner", lambda: time.sleep(0.2))
 
     runner.run("outer", outer)
-    inner, outer = runner.results["inner"]["seconds"], runner.results["outer"]["seconds"]
+    inner, outer = runner.results["inner"]["stage_seconds"], runner.results["outer"]["stage_seconds"]
     assert inner >= 0.2 and 0.05 <= outer < 0.2
     assert runner.total_seconds == pytest.approx(inner + outer)
 

@@ -198,13 +198,13 @@ class PairBenchmark:
         extra = self.runner.run(self.stage(key), prepare)
         if "skipped" in extra:
             return extra
-        summaries, seconds = [], extra["seconds"]
+        summaries, seconds = [], extra["stage_seconds"]
         for seed in self.config.seed_list():
             summary = self.runner.run(self.stage(f"{key}_seed{seed}"), lambda seed=seed: self.train_and_evaluate(
                 dataset_id, name, test_dataset, seed))
-            seconds += summary["seconds"]
+            seconds += summary["stage_seconds"]
             summaries.append(summary)
-        return {**extra, **aggregate_seeds(summaries, self.config.seed_list()), "seconds": seconds}
+        return {**extra, **aggregate_seeds(summaries, self.config.seed_list()), "stage_seconds": seconds}
 
     def train_and_evaluate(self, dataset_id: int, name: str, test_dataset: Path, seed: int) -> dict[str, Any]:
         self.work.train(dataset_id, name, seed)
@@ -363,11 +363,10 @@ def cost_table(by_condition: dict[str, Any]) -> str:
         synth = ["", "", "", ""]
         if s is not None:
             slices = r.get("samples", s["accepted"])
-            # generation time: a stage's own "seconds" is its wall time, models' loading included
-            generation = s["seconds_per_accepted"] * s["accepted"] if s["accepted"] else None
+            generation = s["seconds"]  # generation and filtering, without the models' loading
             synth = [str(s["candidates"]), str(slices), number_cell(s["unet_evaluations"] / slices if slices else None, ".0f"),
-                     number_cell(generation / slices if slices and generation else None, ".2f")]
-        stage = number_cell(r.get("seconds"), ".0f")  # n/a: nothing was accepted, so no segmenter was trained
+                     number_cell(generation / slices if slices else None, ".2f")]
+        stage = number_cell(r.get("stage_seconds"), ".0f")  # n/a: nothing was accepted, so no segmenter was trained
         lines.append(f"| {CONDITIONS[key][0]} | {stage} | " + " | ".join(synth) + " |")
     return "\n".join(lines)
 

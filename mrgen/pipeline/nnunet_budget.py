@@ -82,7 +82,7 @@ def budget_row(plans: str, epochs: int, iterations: int, result: dict[str, Any])
     summary = result["summary"]
     return {"plans": plans, "epochs": epochs, "iterations": epochs * iterations,
             "ms_per_iteration": 1000 * statistics.median(seconds) / iterations if seconds else None,
-            "train_seconds": sum(seconds), "stage_seconds": result["seconds"],
+            "train_seconds": sum(seconds), "stage_seconds": result["stage_seconds"],
             "dice": summary["mean"]["dice"], "organs": {o: summary["organs"][o]["dice"] for o in ORGANS}}
 
 

@@ -91,7 +91,7 @@ def mask_candidates_figure(records: list[dict[str, Any]], path: Path, masks: int
 
 def _stage_table(results: dict[str, dict[str, Any]]) -> str:
     lines = ["| stage | time (s) |", "|---|---|"]
-    lines += [f"| {name} | {result['seconds']:.1f} |" for name, result in results.items()]
+    lines += [f"| {name} | {result['stage_seconds']:.1f} |" for name, result in results.items()]
     return "\n".join(lines)
 
 

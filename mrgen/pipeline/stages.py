@@ -1,5 +1,8 @@
 """Stage bookkeeping: a finished stage leaves ``stages/<name>.json`` and is not redone; one line per stage.
 
+A stage's result gets its compute time as ``stage_seconds`` (its own keys, a synthesis run's ``seconds`` among them,
+are kept).
+
 A stage killed half way has no marker and runs again; every stage is written to resume or to redo
 its work idempotently (training resumes from its latest checkpoint, synthesis from its manifest,
 nnU-Net training with ``--c``). A stage may run another inside it (a benchmark column runs the synthesis it
@@ -34,7 +37,7 @@ class StageRunner:
         position = f"[{self.names.index(name) + 1}/{len(self.names)}] {name}"
         if marker.is_file():
             result = json.loads(marker.read_text())
-            log.info("%s: finished earlier (%.1f s), skipped", position, result["seconds"])
+            log.info("%s: finished earlier (%.1f s), skipped", position, result["stage_seconds"])
         else:
             log.info("%s: running", position)
             started = time.perf_counter()
@@ -46,9 +49,9 @@ class StageRunner:
             elapsed = time.perf_counter() - started
             if self._inner_seconds:
                 self._inner_seconds[-1] += elapsed
-            result["seconds"] = elapsed - inner
+            result["stage_seconds"] = elapsed - inner
             atomic_write_json(marker, result)
-            log.info("%s: done in %.1f s", position, result["seconds"])
+            log.info("%s: done in %.1f s", position, result["stage_seconds"])
         self.results[name] = result
         return result
 
@@ -57,7 +60,7 @@ class StageRunner:
         """Compute time of every finished stage, whether it ran in this invocation or an earlier one (a resumed
         run's skipped stages included, and the ones it had no need to look at)."""
         markers = {name: self.folder / f"{name}.json" for name in self.names}
-        return {name: json.loads(marker.read_text())["seconds"] for name, marker in markers.items() if marker.is_file()}
+        return {name: json.loads(marker.read_text())["stage_seconds"] for name, marker in markers.items() if marker.is_file()}
 
     @property
     def total_seconds(self) -> float:
