@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from mrgen.config import ControlNetConfig, load_config  # noqa: E402
-from mrgen.data.datasets import PairConfig, load_condition, pair_prompt  # noqa: E402
+from mrgen.data.datasets import PairConfig, load_condition, pair_prompt, spread  # noqa: E402
 from mrgen.data.index import IndexEntry  # noqa: E402
 from mrgen.data.modalities import load_registry  # noqa: E402
 from mrgen.data.preprocess import preprocess_image, signed_to_uint8  # noqa: E402
@@ -76,8 +76,7 @@ def pick_entries(pair: PairConfig, index: str, count: int) -> list[IndexEntry]:
     entries = [e for e in pair.load([index]) if set(e.organs) & set(pair.organs)]
     if len(entries) < 2:
         raise ValueError(f"{index}: fewer than two slices with the pair's organs")
-    picks = np.linspace(0, len(entries) - 1, num=min(count, len(entries))).round().astype(int)
-    return [entries[int(i)] for i in picks]
+    return spread(entries, count)
 
 
 def make_sampler(args: argparse.Namespace) -> MaskSampler:

@@ -6,7 +6,7 @@ import PIL.Image
 import pytest
 import torch
 
-from mrgen.data.datasets import ImageTextDataset, PairConfig, PairDataset, _augment
+from mrgen.data.datasets import ImageTextDataset, PairConfig, PairDataset, _augment, spread
 from mrgen.data.index import IndexValidationError
 from mrgen.data.preprocess import CHAOS_WEIGHTS
 from mrgen.data.splits import held_out_patients
@@ -127,3 +127,9 @@ def test_augmentation_fills_black():
     rotated = [_augment(torch.ones(1, 16, 16)) for _ in range(50)]
     corners = torch.stack([r[0, 0, 0] for r in rotated])
     assert corners.min() >= -1.0 and (corners < 0).any()  # rotated corners are black, never mid-grey 0
+
+
+def test_spread_picks_first_and_last_and_never_more_than_there_are():
+    assert spread(list("abcdefghij"), 3) == ["a", "e", "j"]
+    assert spread(range(3), 8) == [0, 1, 2]
+    assert spread(range(5), 1) == [0] and spread(range(5), 0) == [] and spread([], 4) == []

@@ -15,7 +15,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -41,6 +41,16 @@ class TextSlice:
     image_path: Path
     prompt: str
     patient_key: str
+
+
+T = TypeVar("T")
+
+
+def spread(items: Sequence[T], count: int) -> list[T]:
+    """Up to ``count`` items evenly spread over the sequence, its first and last included (fixed picks for
+    validation and measurement, independent of any random state)."""
+    picks = np.linspace(0, len(items) - 1, num=min(count, len(items))).round().astype(int)
+    return [items[int(i)] for i in picks]
 
 
 def _maybe_drop_prompt(prompt: str, probability: float) -> str:
@@ -281,10 +291,8 @@ class PairDataset(Dataset):
 
     def validation_items(self, n: int) -> list[tuple[torch.Tensor, str, str, torch.Tensor]]:
         """``n`` source slices spread over the list: (condition, source prompt, target prompt, source image)."""
-        picks = np.linspace(0, len(self.sources) - 1, num=min(n, len(self.sources))).round().astype(int)
         items = []
-        for i in picks:
-            entry = self.sources[int(i)]
+        for entry in spread(self.sources, n):
             items.append((
                 torch.from_numpy(load_condition(self.pair, entry, self.size)),
                 pair_prompt(self.pair, self.registry, entry, entry.modality),

@@ -27,7 +27,7 @@ from accelerate import Accelerator
 from diffusers import ControlNetModel, UNet2DConditionModel
 
 from mrgen.config import ControlNetConfig
-from mrgen.data.datasets import PairDataset, load_condition
+from mrgen.data.datasets import PairDataset, load_condition, spread
 from mrgen.data.preprocess import preprocess_image, signed_to_uint8
 from mrgen.data.prompts import EMPTY_PROMPT
 from mrgen.filtering.mask_following import derangement, mask_following
@@ -269,8 +269,7 @@ class ControlNetStage:
                    if set(e.organs) & set(self.pair.organs)]
         if len(entries) < 2:
             return {}
-        picks = np.linspace(0, len(entries) - 1, num=min(len(self.following_items), len(entries))).round().astype(int)
-        chosen = [entries[int(i)] for i in picks]
+        chosen = spread(entries, len(self.following_items))
         organs = len(self.pair.organs)
         result = mask_following([signed_to_uint8(preprocess_image(read_gray(e.image_path), self.resolution))
                                  for e in chosen],

@@ -16,6 +16,7 @@ from accelerate import Accelerator
 from diffusers import UNet2DConditionModel
 
 from mrgen.config import UNetConfig
+from mrgen.data.datasets import spread
 from mrgen.data.prompts import EMPTY_PROMPT
 from mrgen.models.builders import (UNET, VAE, build_from_config, load_pretrained, noise_scheduler,
                                    sampling_scheduler, vae_scale_factor)
@@ -69,9 +70,7 @@ class UNetStage:
         if self.config.validation.prompts:
             return list(self.config.validation.prompts)
         found = [p for p in self.val_dataset.prompts if p != EMPTY_PROMPT]
-        count = min(self.config.validation.num_images, len(found))
-        picks = torch.linspace(0, len(found) - 1, count).round().long().tolist() if count else []
-        return [found[i] for i in picks]
+        return spread(found, self.config.validation.num_images)
 
     def loss(self, module: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
         noisy, timesteps, target, context = self.noiser(batch)

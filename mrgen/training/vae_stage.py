@@ -18,6 +18,7 @@ from accelerate import Accelerator
 from diffusers import AutoencoderKL
 
 from mrgen.config import VAEConfig
+from mrgen.data.datasets import spread
 from mrgen.models.builders import VAE, build_from_config, load_pretrained
 from mrgen.training.data import image_text_datasets
 from mrgen.training.harness import run_training
@@ -71,9 +72,8 @@ class VAEStage:
         return mse + self.config.train.kld_weight * kl_per_element(mean.float(), logvar.float())
 
     def _validation_images(self) -> torch.Tensor:
-        count = min(self.config.validation.num_images, len(self.val_dataset))
-        picks = torch.linspace(0, len(self.val_dataset) - 1, count).round().long().tolist()
-        return torch.stack([self.val_dataset[i]["image"] for i in picks])
+        return torch.stack([self.val_dataset[i]["image"] for i in spread(range(len(self.val_dataset)),
+                                                                          self.config.validation.num_images)])
 
     def validate(self, model: AutoencoderKL, step: int, folder: Path) -> dict[str, float]:
         images = self._validation_images().to(self.accelerator.device)
@@ -90,7 +90,7 @@ class VAEStage:
     def estimated_scaling_factor(self, model: AutoencoderKL) -> float:
         """1 / std of posterior samples over up to SCALING_SAMPLE_IMAGES training images."""
         count = min(SCALING_SAMPLE_IMAGES, len(self.train_dataset))
-        picks = torch.linspace(0, len(self.train_dataset) - 1, count).round().long().tolist()
+        picks = spread(range(len(self.train_dataset)), count)
         generator = torch.Generator().manual_seed(self.config.seed)
         samples = []
         for start in range(0, count, 32):
