@@ -18,11 +18,8 @@ The organ attention (train_organ_attention.py) starts from the zoo's own fp16 UN
 self-trained ControlNet (train_controlnet.py with self_training, docs/mask_following.md) starts from the
 zoo's ControlNet of its pair and learns from the zoo organ attention's self-samples, last.
 
-Example (about an hour and a half on 2 CPU cores, most of it the three 3,000-step ControlNets):
+Example (stage times in zoo/phantom/README.md):
     python scripts/train_zoo.py --out zoo/phantom --work runs/zoo
-
-The next zoo (2x VAE, 32 x 32 latents, zoo/phantom_2x/README.md):
-    python scripts/train_zoo.py --configs training_configs/zoo_2x --out zoo/phantom_2x --work runs/zoo_2x
 """
 
 from __future__ import annotations
@@ -61,7 +58,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="zoo/phantom", help="the zoo folder")
     p.add_argument("--work", default="runs/zoo", help="data and training runs")
     p.add_argument("--configs", type=Path, default=REPO / "training_configs" / "zoo",
-                   help="the stage configs (training_configs/zoo_2x: the next zoo)")
+                   help="the stage configs")
     p.add_argument("--cases", type=int, default=60, help="phantom cases per modality")
     p.add_argument("--data_seed", type=int, default=1)
     p.add_argument("--vae_steps", type=int, help="default: the config's")

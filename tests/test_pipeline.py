@@ -180,11 +180,14 @@ def test_self_trained_controlnet_conditioning_trains_organ_attention_first(tmp_p
 
     demo = REPO / "training_configs/pipeline/demo.yml"
     names = stage_names(load_config(demo, PipelineConfig, ["models.train=true"]))
+    assert names[names.index("train_unet") + 1:names.index("synthesis")] == ["train_controlnet"]
+    names = stage_names(load_config(demo, PipelineConfig, ["models.train=true", "models.conditioning=self_trained_controlnet"]))
     assert names[names.index("train_unet") + 1:names.index("synthesis")] == ["train_organ_attention", "train_controlnet"]
-    config = load_config(demo, PipelineConfig, [f"models.zoo={REPO / 'zoo/phantom'}",
+    self_trained = "models.conditioning=self_trained_controlnet"
+    config = load_config(demo, PipelineConfig, [f"models.zoo={REPO / 'zoo/phantom'}", self_trained,
                                                 f"models.self_trained_controlnet={tmp_path}"])
     assert zoo_models(config) == (REPO / "zoo/phantom", tmp_path)
-    missing = load_config(demo, PipelineConfig, [f"models.self_trained_controlnet={tmp_path / 'none'}"])
+    missing = load_config(demo, PipelineConfig, [self_trained, f"models.self_trained_controlnet={tmp_path / 'none'}"])
     with pytest.raises(FileNotFoundError, match="make demo-full"):
         zoo_models(missing)
     pair = load_config(REPO / "training_configs/controlnet/phantom_T1_to_T2-SPIR.yml", ControlNetConfig,

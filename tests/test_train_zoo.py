@@ -20,7 +20,7 @@ def load_train_zoo():
 
 
 def test_committed_vae_and_unet_become_the_runs_later_stages_start_from(tmp_path: Path) -> None:
-    train_zoo, committed, out, work = load_train_zoo(), REPO / "zoo" / "phantom_2x", tmp_path / "zoo", tmp_path / "work"
+    train_zoo, committed, out, work = load_train_zoo(), REPO / "zoo" / "phantom", tmp_path / "zoo", tmp_path / "work"
     for part in ("vae", "unet", "scheduler"):
         shutil.copytree(committed / part, out / part)
     shutil.copy2(committed / "text_encoder.json", out / "text_encoder.json")
