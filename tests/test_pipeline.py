@@ -26,9 +26,9 @@ def test_pipeline_runs_end_to_end_and_resumes(pipeline, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     out = tmp_path / "run"
     config = load_config(REPO / "training_configs/pipeline/demo.yml", PipelineConfig,
-                         [f"out={out}", f"models.zoo={pipeline}", f"models.self_trained_controlnet={pipeline / 'controlnet'}",
+                         [f"out={out}", f"models.zoo={pipeline}", f"models.controlnet={pipeline / 'controlnet'}",
                           *MINIATURE])
-    assert config.models.conditioning == "self_trained_controlnet"  # the demo's
+    assert config.models.conditioning == "controlnet"  # the demo's: the original's recipe
     report = run_pipeline(config)
     text = report.read_text()
     for picture in ("phantom/preview.png", "synthetic_samples.png", "synthesis/filter_scores.png"):
