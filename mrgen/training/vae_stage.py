@@ -89,11 +89,10 @@ class VAEStage:
     @torch.no_grad()
     def estimated_scaling_factor(self, model: AutoencoderKL) -> float:
         """1 / std of posterior samples over up to SCALING_SAMPLE_IMAGES training images."""
-        count = min(SCALING_SAMPLE_IMAGES, len(self.train_dataset))
-        picks = spread(range(len(self.train_dataset)), count)
+        picks = spread(range(len(self.train_dataset)), SCALING_SAMPLE_IMAGES)
         generator = torch.Generator().manual_seed(self.config.seed)
         samples = []
-        for start in range(0, count, 32):
+        for start in range(0, len(picks), 32):
             images = torch.stack([self.train_dataset[i]["image"] for i in picks[start:start + 32]])
             posterior = model.encode(images.to(self.accelerator.device)).latent_dist
             noise = torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean.device)
