@@ -181,56 +181,29 @@ class UNetConfig(StageConfig):
 
 
 @dataclass
-class PairStageConfig(StageConfig):
-    """What the two stages that learn a source/target pair's mask conditioning share."""
+class SelfTrainingSection:
+    """Target-modality pairs for the ControlNet stage (ours, docs/mask_following.md): training source masks rendered
+    with the target prompt by the stage's own UNet under organ-word attention (mrgen.models.organ_attention), each
+    organ segmented by the offline filter's segmenter; the kept ones join the training pairs with the segmented organ
+    regions as their masks (mrgen.training.self_samples). Off unless ``enabled``."""
 
-    model: DiffusionModelSection = field(default_factory=DiffusionModelSection)
-    data: PairConfig | None = None  # required: the source/target pair
-    train: DiffusionTrainSection = field(default_factory=DiffusionTrainSection)
-    validation: ValidationSection = field(default_factory=lambda: ValidationSection(guidance_scale=6.0))
-
-
-@dataclass
-class SelfSamplingSection:
-    """Self-samples: training source masks rendered with the target prompt and organ-word attention, scored by the
-    offline segmenter (mrgen.training.self_samples)."""
-
+    enabled: bool = False
+    organ_weight: float = 10.0  # w: the organ-word attention bias (x t / T) on every cross-attention layer
     self_samples: int = 800  # training source masks rendered in the target modality
     sampling_steps: int = 20  # DPM-Solver++ steps
     guidance_scale: float = 6.0
     sampling_batch: int = 8
-
-
-@dataclass
-class SelfTrainingSection(SelfSamplingSection):
-    """Target-modality pairs for the ControlNet stage (docs/mask_following.md): an organ-attention pipeline
-    folder renders self-samples; the kept ones join the training pairs with the segmenter's organ regions as their
-    masks. Off unless ``organ_attention`` is set."""
-
-    organ_attention: str | None = None  # a train_organ_attention.py pipeline folder (unet/ and organ_attention/)
     min_organ_iou: float = 0.4  # kept when every present organ's segmented region reaches this IoU with its mask
     share: float = 0.5  # self-sample items per real training item in an epoch (the kept ones, cycled)
 
 
 @dataclass
-class ControlNetConfig(PairStageConfig):
+class ControlNetConfig(StageConfig):
+    model: DiffusionModelSection = field(default_factory=DiffusionModelSection)
+    data: PairConfig | None = None  # required: the source/target pair
+    train: DiffusionTrainSection = field(default_factory=DiffusionTrainSection)
+    validation: ValidationSection = field(default_factory=lambda: ValidationSection(guidance_scale=6.0))
     self_training: SelfTrainingSection = field(default_factory=SelfTrainingSection)
-
-
-@dataclass
-class OrganAttentionSection(SelfSamplingSection):
-    """The organ-word attention stage (mrgen.training.organ_attention_stage; docs/mask_following.md); its
-    self-samples are rendered with the untrained bias."""
-
-    initial_weight: float = 10.0  # w of every cross-attention layer before training
-    weight_learning_rate: float = 1e-2  # for the per-layer weights w (train.learning_rate is the UNet's)
-    trained: Literal["cross_attention", "unet"] = "cross_attention"  # which UNet parameters are trained with w
-    min_iou: float = 0.45  # a self-sample is kept when its organs' mean IoU with their masks reaches this
-
-
-@dataclass
-class OrganAttentionConfig(PairStageConfig):
-    organ_attention: OrganAttentionSection = field(default_factory=OrganAttentionSection)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -11,12 +11,10 @@ checkpoint). The zoo folder then holds stock diffusers folders in fp16 safetenso
 
     <out>/vae/ unet/ scheduler/ text_encoder.json      (a pipeline folder for synthesize_filter_multi.py --ckpt)
     <out>/controlnet_<source>_to_<target>/              (--controlnet)
-    <out>/organ_attention_<source>_to_<target>/         (a pipeline folder of its own: --ckpt)
     <out>/controlnet_self_trained_<source>_to_<target>/ (--controlnet)
 
-The organ attention (train_organ_attention.py) starts from the zoo's own fp16 UNet, after the others; the
-self-trained ControlNet (train_controlnet.py with self_training, docs/mask_following.md) starts from the
-zoo's ControlNet of its pair and learns from the zoo organ attention's self-samples, last.
+The self-trained ControlNet (train_controlnet.py with self_training, docs/mask_following.md) starts from the
+zoo's ControlNet of its pair and learns from the zoo UNet's own organ-attention samples, last.
 
 Example (stage times in zoo/phantom/README.md):
     python scripts/train_zoo.py --out zoo/phantom --work runs/zoo
@@ -45,11 +43,9 @@ PAIRS = {  # zoo folder name -> (config, extra overrides)
                                                           ["data.use_target_images=false"]),
 }
 
-ORGAN_ATTENTION = {"organ_attention_T1-InPhase_to_T2-SPIR": "organ_attention_phantom_T1_to_T2-SPIR.yml"}
-SELF_TRAINED = {  # zoo folder name -> (config, the ControlNet it starts from, the organ attention it learns from)
+SELF_TRAINED = {  # zoo folder name -> (config, the ControlNet it starts from)
     "controlnet_self_trained_T1-InPhase_to_T2-SPIR": ("controlnet_self_trained_phantom_T1_to_T2-SPIR.yml",
-                                                      "controlnet_T1-InPhase_to_T2-SPIR",
-                                                      "organ_attention_T1-InPhase_to_T2-SPIR"),
+                                                      "controlnet_T1-InPhase_to_T2-SPIR"),
 }
 
 
@@ -65,7 +61,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--unet_steps", type=int, help="default: the config's")
     p.add_argument("--controlnet_steps", type=int, help="default: the config's")
     p.add_argument("--pairs", nargs="*", default=list(PAIRS), choices=list(PAIRS))
-    p.add_argument("--organ_attention", nargs="*", default=list(ORGAN_ATTENTION), choices=list(ORGAN_ATTENTION))
     p.add_argument("--self_trained", nargs="*", default=list(SELF_TRAINED), choices=list(SELF_TRAINED))
     p.add_argument("--threads", type=int, default=2, help="torch threads of the VAE and UNet processes")
     p.add_argument("--jobs", type=int, default=2, help="ControlNets trained at the same time (one per core)")
@@ -186,27 +181,13 @@ def copy_controlnet(pipeline: Path, destination: Path) -> None:
         shutil.copy2(curve, destination / curve.name)
 
 
-def train_organ_attention(args: argparse.Namespace, work: Path, out: Path) -> dict[str, float]:
-    """Organ attention from the assembled zoo's UNet; each run's pipeline folder copied into the zoo."""
-    times: dict[str, float] = {}
-    for name in args.organ_attention:
-        stage(name, work, out, ["train_organ_attention.py", "--config", str(args.configs / ORGAN_ATTENTION[name]),
-                                 f"output_dir={work}/{name}", f"model.pretrained_model_path={out}",
-                                 f"data.data_root={work / 'data'}", f"train.num_threads={args.threads}"], times)
-        if (work / name / "pipeline").is_dir():
-            copy_pipeline(work / name / "pipeline", out / name, ("vae", "unet", "organ_attention"),
-                          ("text_encoder.json", "pair.json"))
-    return times
-
-
 def train_self_trained(args: argparse.Namespace, work: Path, out: Path) -> dict[str, float]:
     """Self-trained ControlNets from the assembled zoo; each one's ControlNet copied into the zoo."""
     times: dict[str, float] = {}
     for name in args.self_trained:
-        config, controlnet, organ_attention = SELF_TRAINED[name]
+        config, controlnet = SELF_TRAINED[name]
         stage(name, work, out, ["train_controlnet.py", "--config", str(args.configs / config), f"output_dir={work}/{name}",
                                  f"model.pretrained_model_path={out}", f"model.init_from={out / controlnet}",
-                                 f"self_training.organ_attention={out / organ_attention}",
                                  f"data.data_root={work / 'data'}", f"train.num_threads={args.threads}"], times)
         if (work / name / "pipeline").is_dir():
             copy_controlnet(work / name / "pipeline", out / name)
@@ -219,7 +200,6 @@ def main(argv: list[str] | None = None) -> None:
     work.mkdir(parents=True, exist_ok=True)
     times = train_all(args, work, out)
     assemble(args, work, out)
-    times.update(train_organ_attention(args, work, out))
     times.update(train_self_trained(args, work, out))
     record = work / "times.json"
     previous = json.loads(record.read_text()) if record.is_file() else {}

@@ -20,9 +20,7 @@ from mrgen.data.index import IndexEntry, save_index  # noqa: E402
 from mrgen.data.phantom import generate_phantom_dataset  # noqa: E402
 from mrgen.data.modalities import load_registry  # noqa: E402
 from mrgen.io.images import write_gray  # noqa: E402
-from mrgen.models.builders import (ORGAN_ATTENTION, UNET, VAE, build_from_config, controlnet_from_unet,  # noqa: E402
-                                   load_pretrained)
-from mrgen.models.organ_attention import new_organ_attention_weights  # noqa: E402
+from mrgen.models.builders import UNET, VAE, build_from_config, controlnet_from_unet  # noqa: E402
 from mrgen.models.pipeline_folder import TextEncoderSpec, write_text_encoder  # noqa: E402
 
 torch.set_num_threads(2)
@@ -108,10 +106,8 @@ def pipeline(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def organ_attention_pipeline(pipeline: Path, tmp_path_factory) -> Path:
-    """The tiny pipeline with untrained organ attention (organ_attention/) instead of a ControlNet."""
-    folder = tmp_path_factory.mktemp("oa") / "pipeline"
+def pipeline_without_controlnet(pipeline: Path, tmp_path_factory) -> Path:
+    """The tiny pipeline folder without its controlnet/ (a UNet-stage output)."""
+    folder = tmp_path_factory.mktemp("unet_only") / "pipeline"
     shutil.copytree(pipeline, folder, ignore=shutil.ignore_patterns("controlnet"))
-    unet = load_pretrained(folder, UNET)
-    new_organ_attention_weights(unet, 10.0).save_pretrained(folder / ORGAN_ATTENTION)
     return folder

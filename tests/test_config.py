@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from mrgen.config import (ConfigError, ControlNetConfig, OrganAttentionConfig, UNetConfig, VAEConfig, dump_yaml,
+from mrgen.config import (ConfigError, ControlNetConfig, UNetConfig, VAEConfig, dump_yaml,
                           load_config)
 from mrgen.pipeline.config import PipelineConfig
 
@@ -83,8 +83,7 @@ def test_every_shipped_config_loads(path: Path) -> None:
     if path.parent.name == "pipeline":  # end-to-end run configs (scripts/run_pipeline.py)
         assert "out:" in dump_yaml(load_config(path, PipelineConfig))
         return
-    schema = (VAEConfig if "vae" in path.name else UNetConfig if "unet" in path.name
-              else OrganAttentionConfig if "organ_attention" in str(path.relative_to(CONFIGS)) else ControlNetConfig)
+    schema = VAEConfig if "vae" in path.name else UNetConfig if "unet" in path.name else ControlNetConfig
     cfg = load_config(path, schema)
     assert "output_dir" in dump_yaml(cfg)
 

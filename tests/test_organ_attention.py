@@ -9,9 +9,7 @@ import pytest
 import torch
 
 from mrgen.models.builders import UNET, load_pretrained
-from mrgen.models.organ_attention import (OrganAttention, cross_attention_layers, new_organ_attention_weights,
-                                          organ_token_matrix)
-from mrgen.models.pipeline_folder import load_pipeline_components
+from mrgen.models.organ_attention import OrganAttention, cross_attention_layers, organ_token_matrix
 from mrgen.models.text_encoders import load_text_encoder
 
 ORGANS = ["liver", "right kidney", "left kidney", "spleen", "kidney"]
@@ -39,8 +37,7 @@ def test_each_organ_claims_exactly_its_own_words(tokenizer) -> None:
 
 def _attention(pipeline: Path, tokenizer, weight: float):
     unet = load_pretrained(pipeline, UNET).eval()
-    weights = new_organ_attention_weights(unet, weight)
-    return unet, OrganAttention(unet, weights, tokenizer, ORGANS[:4])
+    return unet, OrganAttention(unet, tokenizer, ORGANS[:4], weight)
 
 
 def _call(unet, masks: np.ndarray | None, attention=None) -> torch.Tensor:
@@ -59,10 +56,22 @@ def test_zero_weight_or_no_masks_is_the_stock_unet_and_the_bias_changes_it(pipel
     masks[:, 0, :16, :16] = True
     expected = _call(stock, None)
     unet, attention = _attention(pipeline, tokenizer, 0.0)
-    torch.testing.assert_close(_call(unet, masks, attention), expected, rtol=1e-4, atol=1e-5)
+    with attention:
+        torch.testing.assert_close(_call(unet, masks, attention), expected, rtol=1e-4, atol=1e-5)
     unet, attention = _attention(pipeline, tokenizer, 10.0)
-    torch.testing.assert_close(_call(unet, None), expected, rtol=1e-4, atol=1e-5)  # outside conditioned(): plain
-    assert (_call(unet, masks, attention) - expected).abs().max() > 1e-3
+    with attention:
+        torch.testing.assert_close(_call(unet, None), expected, rtol=1e-4, atol=1e-5)  # outside conditioned(): plain
+        assert (_call(unet, masks, attention) - expected).abs().max() > 1e-3
+
+
+def test_leaving_the_with_block_gives_the_unet_back_its_own_processors(pipeline: Path, tokenizer) -> None:
+    unet, attention = _attention(pipeline, tokenizer, 10.0)
+    before = {name: type(p) for name, p in unet.attn_processors.items()}
+    hooks = len(unet._forward_pre_hooks)
+    with attention:
+        assert {type(p).__name__ for n, p in unet.attn_processors.items() if "attn2" in n} == {"OrganBiasedAttnProcessor"}
+    assert {name: type(p) for name, p in unet.attn_processors.items()} == before
+    assert len(unet._forward_pre_hooks) == hooks
 
 
 def test_bias_is_plus_inside_minus_outside_and_only_on_the_conditional_half(pipeline: Path, tokenizer) -> None:
@@ -70,16 +79,18 @@ def test_bias_is_plus_inside_minus_outside_and_only_on_the_conditional_half(pipe
     masks = np.zeros((1, 4, 32, 32), bool)
     masks[0, 0, :16, :16] = True  # liver: the top-left quarter; spleen and kidneys absent
     liver, spleen = (organ_token_matrix(tokenizer, [PROMPT], ORGANS[:4], 77)[0, o].bool() for o in (0, 3))
-    captured = {}
-    processor = unet.attn_processors[cross_attention_layers(unet)[0]]
-    original = processor._bias
+    with attention:
+        captured = {}
+        processor = unet.attn_processors[cross_attention_layers(unet)[0]]
+        original = processor._bias
 
-    def spy(batch, queries, dtype):
-        captured["bias"] = original(batch, queries, dtype)
-        return captured["bias"]
-    processor._bias = spy
-    with attention.conditioned([PROMPT], masks), torch.no_grad():
-        unet(torch.randn(2, 4, 8, 8), 250, encoder_hidden_states=torch.randn(2, 77, unet.config.cross_attention_dim))
+        def spy(batch, queries, dtype):
+            captured["bias"] = original(batch, queries, dtype)
+            return captured["bias"]
+        processor._bias = spy
+        with attention.conditioned([PROMPT], masks), torch.no_grad():
+            context = torch.randn(2, 77, unet.config.cross_attention_dim)
+            unet(torch.randn(2, 4, 8, 8), 250, encoder_hidden_states=context)
     bias = captured["bias"]  # (2, queries, tokens): [unconditional, conditional]
     side = int(bias.shape[1] ** 0.5)
     grid = bias[1].view(side, side, -1)
@@ -89,17 +100,3 @@ def test_bias_is_plus_inside_minus_outside_and_only_on_the_conditional_half(pipe
     assert torch.all(grid[side // 2:, :][..., liver] == -ramp)
     assert torch.all(grid[..., spleen] == -ramp)  # named in the prompt, absent from the slice: nowhere
     assert grid[..., 0].abs().sum() == 0  # [CLS] and every non-organ word are untouched
-
-
-def test_weights_must_match_the_unet_layers(pipeline: Path, tokenizer) -> None:
-    unet = load_pretrained(pipeline, UNET)
-    weights = new_organ_attention_weights(unet, 1.0)
-    weights.register_to_config(layers=cross_attention_layers(unet)[:-1])
-    with pytest.raises(ValueError, match="cross-attention layers"):
-        OrganAttention(unet, weights, tokenizer, ORGANS[:4])
-
-
-def test_pipeline_folder_loads_organ_attention(organ_attention_pipeline: Path) -> None:
-    parts = load_pipeline_components(organ_attention_pipeline)
-    assert parts.controlnet is None and parts.organ_attention.weight.tolist() == [10.0] * 7
-    assert not parts.organ_attention.weight.requires_grad

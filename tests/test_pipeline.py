@@ -174,7 +174,7 @@ def test_overview_figure_rows_are_the_masks_with_most_accepted_candidates_accept
     assert rows == [[(2, 0), (2, 2), (2, 1)], [(1, 2), (1, 0), (1, 1)]]
 
 
-def test_self_trained_controlnet_conditioning_trains_organ_attention_first(tmp_path):
+def test_self_trained_controlnet_conditioning_trains_a_self_training_controlnet(tmp_path):
     from mrgen.config import ControlNetConfig
     from mrgen.pipeline.demo import stage_names, zoo_models
 
@@ -182,7 +182,7 @@ def test_self_trained_controlnet_conditioning_trains_organ_attention_first(tmp_p
     names = stage_names(load_config(demo, PipelineConfig, ["models.train=true"]))
     assert names[names.index("train_unet") + 1:names.index("synthesis")] == ["train_controlnet"]
     names = stage_names(load_config(demo, PipelineConfig, ["models.train=true", "models.conditioning=self_trained_controlnet"]))
-    assert names[names.index("train_unet") + 1:names.index("synthesis")] == ["train_organ_attention", "train_controlnet"]
+    assert names[names.index("train_unet") + 1:names.index("synthesis")] == ["train_controlnet"]
     self_trained = "models.conditioning=self_trained_controlnet"
     config = load_config(demo, PipelineConfig, [f"models.zoo={REPO / 'zoo/phantom'}", self_trained,
                                                 f"models.self_trained_controlnet={tmp_path}"])
@@ -191,5 +191,5 @@ def test_self_trained_controlnet_conditioning_trains_organ_attention_first(tmp_p
     with pytest.raises(FileNotFoundError, match="make demo-full"):
         zoo_models(missing)
     pair = load_config(REPO / "training_configs/controlnet/phantom_T1_to_T2-SPIR.yml", ControlNetConfig,
-                       [f"self_training.organ_attention={tmp_path}", "train.cache_latents=false"])
-    assert pair.self_training.organ_attention == str(tmp_path) and ControlNetConfig().self_training.organ_attention is None
+                       ["self_training.enabled=true", "train.cache_latents=false"])
+    assert pair.self_training.enabled and not ControlNetConfig().self_training.enabled

@@ -214,9 +214,10 @@ def test_a_run_that_failed_before_its_first_sample_can_be_rerun_with_other_setti
     assert synthesize(options())["candidates"] == 12  # its run_config.json, with no sample behind it, is replaced
 
 
-def test_a_pipeline_folder_without_a_controlnet_is_refused_before_any_work(options, organ_attention_pipeline, tmp_path):
+def test_a_pipeline_folder_without_a_controlnet_is_refused_before_any_work(options, pipeline_without_controlnet,
+                                                                         tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing conditions on the mask"):
-        synthesize(options(ckpt=str(organ_attention_pipeline)))  # organ attention alone is not a synthesis path
+        synthesize(options(ckpt=str(pipeline_without_controlnet)))
     assert not (tmp_path / "run").exists()
 
 

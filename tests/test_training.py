@@ -30,11 +30,11 @@ from safetensors.torch import load_file
 
 from conftest import ORGANS, make_toy_index
 from mrgen.config import (ControlNetConfig, DiffusionModelSection, DiffusionTrainSection, ImageTextData,
-                          OrganAttentionConfig, OrganAttentionSection, SelfTrainingSection, UNetConfig,
+                          SelfTrainingSection, UNetConfig,
                           ValidationSection, VAEConfig, VAEModelSection, VAETrainSection, dump_yaml, to_dict)
 from mrgen.data.datasets import ImageTextDataset, PairConfig
-from mrgen.models import ORGAN_ATTENTION, TextEncoderError, build_from_config, load_pretrained
-from mrgen.training import checkpoints, train_controlnet, train_organ_attention, train_unet, train_vae
+from mrgen.models import TextEncoderError, build_from_config
+from mrgen.training import checkpoints, train_controlnet, train_unet, train_vae
 from mrgen.training.cli import main
 from mrgen.training.diffusion import predicted_x0, training_schedule
 from mrgen.training.latent_cache import CachedLatentDataset, LatentCache
@@ -160,76 +160,23 @@ def test_controlnet_stage_trains_from_the_unet(toy_data, unet_pipeline: Path, tm
         assert metric in events
 
 
-@pytest.fixture(scope="module")
-def organ_attention_run(toy_data, unet_pipeline: Path, tmp_path_factory) -> Path:
-    """An organ-attention run's output folder (two steps; three self-samples)."""
-    out = tmp_path_factory.mktemp("oa_run")
-    train_organ_attention(organ_attention_config(out, toy_data, unet_pipeline, steps=2))
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    return out
-
-
-def organ_attention_config(out: Path, data: dict[str, Path], unet_pipeline: Path, steps: int,
-                           self_samples: int = 3) -> OrganAttentionConfig:
-    return OrganAttentionConfig(
-        name="toy_oa", output_dir=str(out), seed=0, data=toy_pair(data),
-        model=DiffusionModelSection(config_path=TINY, pretrained_model_path=str(unet_pipeline)),
-        train=diffusion_train(max_train_steps=steps, checkpointing_steps=1), validation=VALIDATION,
-        organ_attention=OrganAttentionSection(self_samples=self_samples, min_iou=0.0, sampling_steps=2,
-                                              sampling_batch=2))
-
-
-def test_organ_attention_stage_self_trains_only_cross_attention_and_resumes(toy_data, unet_pipeline: Path,
-                                                                            organ_attention_run: Path) -> None:
-    tmp_path = organ_attention_run
-    pipeline = tmp_path / "pipeline"
-    assert load_pretrained(pipeline, ORGAN_ATTENTION).weight.ne(10.0).all()
-    start = load_file(unet_pipeline / "unet" / "diffusion_pytorch_model.safetensors")
-    trained = load_file(pipeline / "unet" / "diffusion_pytorch_model.safetensors")
-    changed = {k for k in start if not torch.equal(start[k], trained[k])}
-    assert changed and all(".attn2." in k for k in changed)
-    for name in ("vae", "scheduler", "pair.json", "text_encoder.json"):
-        assert (pipeline / name).exists(), name
-    samples = tmp_path / "self_samples"
-    assert json.loads((samples / "summary.json").read_text())["masks"] == 3
-    assert (samples / "examples.png").is_file() and (tmp_path / "validation" / "mask_following.md").is_file()
-    chunk = (samples / "chunk_00000.npz").stat().st_mtime_ns
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    train_organ_attention(organ_attention_config(tmp_path, toy_data, unet_pipeline, steps=3), resume="latest")
-    assert (samples / "chunk_00000.npz").stat().st_mtime_ns == chunk  # not sampled again
-    assert checkpoints.list_checkpoints(tmp_path / "checkpoints")[-1].name == "checkpoint-3"
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    fewer = organ_attention_config(tmp_path, toy_data, unet_pipeline, steps=4, self_samples=2)
-    with pytest.raises(checkpoints.ResumeError, match="organ_attention.self_samples: 3 in the checkpoint, 2 now"):
-        train_organ_attention(fewer, resume="latest")  # refused before any work
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    with pytest.raises(checkpoints.ResumeError, match="holds the checkpoints of an earlier run"):
-        train_organ_attention(fewer)  # a new run into the folder
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-    shutil.rmtree(tmp_path / "checkpoints")
-    with pytest.raises(ValueError, match="holds other masks"):  # a changed sample count never mixes two runs
-        train_organ_attention(fewer)
-
-
-def test_controlnet_self_training_adds_segmented_target_pairs(toy_data, unet_pipeline: Path, organ_attention_run: Path,
-                                                               tmp_path: Path) -> None:
-    def config(**train) -> ControlNetConfig:
+def test_controlnet_self_training_adds_segmented_target_pairs_and_keeps_them_across_a_resume(
+        toy_data, unet_pipeline: Path, tmp_path: Path) -> None:
+    def config(steps: int = 1, self_samples: int = 3, **train) -> ControlNetConfig:
         return ControlNetConfig(
             name="toy_cn_self", output_dir=str(tmp_path), seed=0, data=toy_pair(toy_data),
             model=DiffusionModelSection(config_path=TINY, pretrained_model_path=str(unet_pipeline)),
-            train=diffusion_train(max_train_steps=1, **train), validation=VALIDATION,
-            self_training=SelfTrainingSection(organ_attention=str(organ_attention_run / "pipeline"), self_samples=3,
-                                              min_organ_iou=0.0, sampling_steps=2, sampling_batch=2, share=1.0))
+            train=diffusion_train(max_train_steps=steps, checkpointing_steps=1, **train), validation=VALIDATION,
+            self_training=SelfTrainingSection(enabled=True, self_samples=self_samples, min_organ_iou=0.0,
+                                              sampling_steps=2, sampling_batch=2, share=1.0))
+
+    def reset() -> None:
+        AcceleratorState._reset_state(True)
+        GradientState._reset_state()
 
     with pytest.raises(ValueError, match="cache_latents"):
         train_controlnet(config(cache_latents=True))
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset()
     assert (train_controlnet(config(cache_latents=False)) / "controlnet").is_dir()
     samples = tmp_path / "self_samples"
     summary = json.loads((samples / "summary.json").read_text())
@@ -237,6 +184,19 @@ def test_controlnet_self_training_adds_segmented_target_pairs(toy_data, unet_pip
     chunk = np.load(samples / "chunk_00000.npz")
     assert chunk["regions"].shape == chunk["masks"].shape and chunk["organ_iou"].shape == (3, len(ORGANS))
     assert (samples / "examples.png").is_file()
+    rendered = (samples / "chunk_00000.npz").stat().st_mtime_ns
+    reset()
+    train_controlnet(config(steps=2, cache_latents=False), resume="latest")
+    assert (samples / "chunk_00000.npz").stat().st_mtime_ns == rendered  # not rendered again
+    assert checkpoints.list_checkpoints(tmp_path / "checkpoints")[-1].name == "checkpoint-2"
+    reset()
+    fewer = config(steps=3, self_samples=2, cache_latents=False)
+    with pytest.raises(checkpoints.ResumeError, match="self_training.self_samples: 3 in the checkpoint, 2 now"):
+        train_controlnet(fewer, resume="latest")  # refused before any work
+    reset()
+    shutil.rmtree(tmp_path / "checkpoints")
+    with pytest.raises(ValueError, match="holds other masks"):  # a changed sample count never mixes two runs
+        train_controlnet(fewer)
 
 
 def _tensors_close(a, b, what: str) -> None:
@@ -430,8 +390,6 @@ def test_stage_scripts_default_to_the_original_configs_as_its_commands_took_none
     for stage, schema in (("vae", VAEConfig), ("unet", UNetConfig), ("controlnet", ControlNetConfig)):
         config = load_config(REPO / parse_args(stage, []).config, schema)
         assert config.train.max_train_steps > 10_000, stage  # the paper-size runs, not a demo config
-    with pytest.raises(SystemExit):
-        parse_args("organ_attention", [])  # ours, no original config to fall back to
 
 
 def test_the_original_command_without_its_data_says_which_file_and_what_to_set(monkeypatch, capsys, tmp_path) -> None:

@@ -21,16 +21,13 @@ from accelerate import init_empty_weights
 from diffusers import (AutoencoderKL, ControlNetModel, DDIMScheduler, DDPMScheduler, ModelMixin,
                        UNet2DConditionModel)
 
-from mrgen.models.organ_attention import ORGAN_ATTENTION, OrganAttentionWeights
-
 log = logging.getLogger(__name__)
 
 VAE, UNET, CONTROLNET, SCHEDULER = "vae", "unet", "controlnet", "scheduler"
 MODEL_CONFIG = "config.json"
 SCHEDULER_CONFIG = "scheduler_config.json"
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
-_CLASSES: dict[str, type[ModelMixin]] = {VAE: AutoencoderKL, UNET: UNet2DConditionModel, CONTROLNET: ControlNetModel,
-                                         ORGAN_ATTENTION: OrganAttentionWeights}
+_CLASSES: dict[str, type[ModelMixin]] = {VAE: AutoencoderKL, UNET: UNet2DConditionModel, CONTROLNET: ControlNetModel}
 
 
 class ModelFolderError(FileNotFoundError):

@@ -1,18 +1,20 @@
 """Organ-word attention: the prompt's organ words attend where their masks are.
 
 It renders the target-look self-samples the self-trained ControlNet learns from (docs/mask_following.md). In every
-cross-attention layer of the UNet, the logits of an organ's prompt tokens get ``+ w_l * t / T`` at the latent
-pixels inside that organ's mask and ``- w_l * t / T`` outside it; an organ the prompt names but the slice lacks
-gets ``-`` everywhere. ``w_l`` is one learned number per layer (``OrganAttentionWeights``, the pipeline folder's
-``organ_attention/``); the ``t / T`` ramp makes the bias strong while the layout is decided and fade as the
-details are drawn. Unlike a ControlNet, which learns the mask from the source modality's slices and carries
-their look with it, the bias only steers where the organ words act, so the target prompt keeps the target look.
+cross-attention layer of the UNet, the logits of an organ's prompt tokens get ``+ w * t / T`` at the latent pixels
+inside that organ's mask and ``- w * t / T`` outside it; an organ the prompt names but the slice lacks gets ``-``
+everywhere. ``w`` is one fixed number (``self_training.organ_weight``); the ``t / T`` ramp makes the bias strong while
+the layout is decided and fade as the details are drawn. Unlike a ControlNet, which learns the mask from the source
+modality's slices and carries their look with it, the bias only steers where the organ words act, so the target
+prompt keeps the target look. The UNet is used as trained: retraining its cross-attention on its own biased samples
+was tried and distorted the bodies (docs/mask_following.md).
 
 Use::
 
-    attention = OrganAttention(unet, weights, tokenizer, organs)      # swaps the cross-attention processors
-    with attention.conditioned(prompts, organ_masks):                 # (B, organs, H, W) bool
-        unet(latents, t, encoder_hidden_states=...)
+    with OrganAttention(unet, tokenizer, organs, weight) as attention:  # swaps the cross-attention processors
+        with attention.conditioned(prompts, organ_masks):                # (B, organs, H, W) bool
+            unet(latents, t, encoder_hidden_states=...)
+                                                                         # leaving: the UNet's processors are back
 
 A batch twice the size of ``prompts`` is read as ``[unconditional, conditional]`` (classifier-free guidance,
 ``mrgen.models.sampling.denoise``): only the conditional half is biased.
@@ -27,26 +29,13 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import ConfigMixin, ModelMixin, UNet2DConditionModel
-from diffusers.configuration_utils import register_to_config
+from diffusers import UNet2DConditionModel
 from transformers import PreTrainedTokenizerBase
 
 from mrgen.models.text_encoders import MAX_TOKENS
 
-ORGAN_ATTENTION = "organ_attention"  # the pipeline folder component
 CROSS_ATTENTION_SUFFIX = "attn2.processor"
 INSIDE_FRACTION = 0.5  # a latent pixel is inside an organ when more than this fraction of it is
-
-
-class OrganAttentionWeights(ModelMixin, ConfigMixin):
-    """The learned strength ``w_l`` of the bias in each cross-attention layer (a stock diffusers folder)."""
-
-    config_name = "config.json"
-
-    @register_to_config
-    def __init__(self, layers: Sequence[str] = (), initial_weight: float = 10.0):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.full((len(layers),), float(initial_weight)))
 
 
 def stack_organ_masks(masks: Sequence[np.ndarray | None], shape: tuple[int, int]) -> np.ndarray:
@@ -122,8 +111,8 @@ class _BiasState:
 class OrganBiasedAttnProcessor:
     """Cross-attention with the organ bias added to the logits (plain attention when nothing is conditioned)."""
 
-    def __init__(self, weights: OrganAttentionWeights, index: int, state: _BiasState):
-        self.weights, self.index, self.state = weights, index, state
+    def __init__(self, weight: float, state: _BiasState):
+        self.weight, self.state = weight, state
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None, *args, **kwargs):
@@ -150,28 +139,35 @@ class OrganBiasedAttnProcessor:
         bias = self.state.bias(queries).to(dtype)
         if len(bias) != batch:  # [unconditional, conditional]: the unconditional half is not biased
             bias = torch.cat([torch.zeros_like(bias), bias])
-        return self.weights.weight[self.index].to(dtype) * self.state.ramp.to(dtype).view(-1, 1, 1) * bias
+        return self.weight * self.state.ramp.to(dtype).view(-1, 1, 1) * bias
 
 
 class OrganAttention:
-    """The organ-word bias attached to one UNet (its cross-attention processors are replaced)."""
+    """The organ-word bias attached to one UNet while the ``with`` block lasts (its cross-attention processors are
+    replaced, and restored on leaving)."""
 
-    def __init__(self, unet: UNet2DConditionModel, weights: OrganAttentionWeights,
-                 tokenizer: PreTrainedTokenizerBase, organs: Sequence[str], num_train_timesteps: int = 1000,
-                 max_tokens: int = MAX_TOKENS):
-        layers = cross_attention_layers(unet)
-        if list(weights.config.layers) != layers:
-            raise ValueError(f"organ attention weights are for {len(weights.config.layers)} cross-attention layers "
-                             f"{list(weights.config.layers)[:2]}...; this UNet has {len(layers)} ({layers[:2]}...)")
-        self.unet, self.weights, self.tokenizer = unet, weights, tokenizer
+    def __init__(self, unet: UNet2DConditionModel, tokenizer: PreTrainedTokenizerBase, organs: Sequence[str],
+                 weight: float, num_train_timesteps: int = 1000, max_tokens: int = MAX_TOKENS):
+        self.unet, self.tokenizer, self.weight = unet, tokenizer, float(weight)
         self.organs, self.max_tokens = list(organs), max_tokens
-        self.state = _BiasState()
-        processors = dict(unet.attn_processors)
-        for index, name in enumerate(layers):
-            processors[name] = OrganBiasedAttnProcessor(weights, index, self.state)
-        unet.set_attn_processor(processors)
         self.num_train_timesteps = num_train_timesteps
-        unet.register_forward_pre_hook(self._read_timesteps, with_kwargs=True)
+        self.state = _BiasState()
+        self._restore: dict | None = None
+        self._hook = None
+
+    def __enter__(self) -> "OrganAttention":
+        self._restore = dict(self.unet.attn_processors)
+        processors = dict(self._restore)
+        for name in cross_attention_layers(self.unet):
+            processors[name] = OrganBiasedAttnProcessor(self.weight, self.state)
+        self.unet.set_attn_processor(processors)
+        self._hook = self.unet.register_forward_pre_hook(self._read_timesteps, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._hook.remove()
+        self.unet.set_attn_processor(self._restore)
+        self.state.clear()
 
     def _read_timesteps(self, module, args, kwargs):
         if self.state.masks is None:
@@ -189,7 +185,7 @@ class OrganAttention:
         if masks.ndim != 4 or masks.shape[:2] != (len(prompts), len(self.organs)):
             raise ValueError(f"organ masks must be (batch {len(prompts)}, organs {len(self.organs)}, H, W); "
                              f"got {tuple(masks.shape)}")
-        device = self.weights.weight.device
+        device = self.unet.device
         self.state.masks = masks.to(device, torch.float32)
         self.state.tokens = organ_token_matrix(self.tokenizer, prompts, self.organs, self.max_tokens).to(device)
         try:
@@ -197,6 +193,3 @@ class OrganAttention:
         finally:
             self.state.clear()
 
-
-def new_organ_attention_weights(unet: UNet2DConditionModel, initial_weight: float) -> OrganAttentionWeights:
-    return OrganAttentionWeights(layers=cross_attention_layers(unet), initial_weight=initial_weight)

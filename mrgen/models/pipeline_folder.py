@@ -4,7 +4,6 @@
 <folder>/vae/                      AutoencoderKL          (every stage)
 <folder>/unet/                     UNet2DConditionModel   (UNet and ControlNet stages)
 <folder>/controlnet/               ControlNetModel        (ControlNet stage)
-<folder>/organ_attention/          OrganAttentionWeights  (organ attention stage)
 <folder>/scheduler/                scheduler_config.json  (UNet and ControlNet stages)
 <folder>/text_encoder.json         {"kind": "minilm" | "biomedclip", "path": folder of the BiomedCLIP files}
 <folder>/text_encoder_BiomedCLIP/, tokenizer_BiomedCLIP/   (biomedclip from the released layout)
@@ -29,9 +28,8 @@ from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
 from transformers import PreTrainedTokenizerBase
 
 from mrgen.io.atomic import atomic_write_json
-from mrgen.models.builders import (CONTROLNET, ORGAN_ATTENTION, UNET, VAE, ModelFolderError, component_dir,
+from mrgen.models.builders import (CONTROLNET, UNET, VAE, ModelFolderError, component_dir,
                                    copy_component, load_pretrained, read_json, scheduler_config)
-from mrgen.models.organ_attention import OrganAttentionWeights
 from mrgen.models.text_encoders import (OPEN_CLIP_CONFIG, RELEASED_ENCODER_DIR, RELEASED_TOKENIZER_DIR,
                                         TextEncoder, TextEncoderError, check_text_encoder,
                                         load_text_encoder, load_tokenizer)
@@ -66,7 +64,6 @@ class PipelineComponents:
     controlnet: ControlNetModel | None
     scheduler_config: dict[str, Any] | None
     text_encoder: TextEncoder | None
-    organ_attention: OrganAttentionWeights | None = None
 
 
 def text_encoder_spec(folder: str | os.PathLike) -> TextEncoderSpec:
@@ -110,8 +107,8 @@ def load_pipeline_components(
 ) -> PipelineComponents:
     """Everything a synthesis run needs from a pipeline folder, frozen and in eval mode.
 
-    ``controlnet_path`` defaults to ``folder/controlnet`` when present; the UNet, scheduler, ControlNet and
-    organ-attention weights are ``None`` when the folder has none (a VAE-stage output).
+    ``controlnet_path`` defaults to ``folder/controlnet`` when present; the UNet, scheduler and ControlNet are
+    ``None`` when the folder has none (a VAE-stage output).
     """
     folder = Path(folder)
     vae = load_pretrained(folder, VAE)
@@ -121,16 +118,15 @@ def load_pipeline_components(
         sched = scheduler_config(folder)
     except ModelFolderError:
         sched = None
-    organ_attention = _optional(folder, ORGAN_ATTENTION)
     encoder = text_encoder_spec(folder).load() if with_text_encoder and unet is not None else None
-    for model in (vae, unet, controlnet, organ_attention):
+    for model in (vae, unet, controlnet):
         if model is not None:
             model.requires_grad_(False).eval().to(device)
             if model.dtype != dtype:  # casting to the dtype a model already has makes diffusers warn
                 model.to(dtype=dtype)
     if encoder is not None:
         encoder.to(device)
-    return PipelineComponents(vae, unet, controlnet, sched, encoder, organ_attention)
+    return PipelineComponents(vae, unet, controlnet, sched, encoder)
 
 
 def _optional(folder: Path, component: str):

@@ -20,11 +20,10 @@ class DatasetSection:
 class ModelsSection:
     """Start from the model zoo (``train: false``) or train every model from scratch (``train: true``).
 
-    ``conditioning`` is how the mask reaches the UNet: a ControlNet (the original), or a ControlNet self-trained on
-    organ-word attention's target-modality samples (``self_training`` in the ControlNet config; trained from
-    scratch it needs the organ-attention stage first; docs/mask_following.md). ``pair_config`` is the ControlNet
-    pair config and ``organ_attention_config`` the organ-attention one; their ``data_root`` is pointed at this run's
-    dataset. The ``*_overrides`` are ``key=value`` overrides for the training configs when training.
+    ``conditioning`` is how the mask reaches the UNet: a ControlNet (the original), or a ControlNet also trained on
+    the UNet's own target-modality samples under organ-word attention (``self_training`` in the ControlNet config;
+    docs/mask_following.md). ``pair_config`` is the ControlNet pair config; its ``data_root`` is pointed at this
+    run's dataset. The ``*_overrides`` are ``key=value`` overrides for the training configs when training.
     """
 
     train: bool = False
@@ -33,13 +32,11 @@ class ModelsSection:
     controlnet: str = "zoo/phantom/controlnet_T1-InPhase_to_T2-SPIR"
     self_trained_controlnet: str = "zoo/phantom/controlnet_self_trained_T1-InPhase_to_T2-SPIR"
     pair_config: str = "training_configs/controlnet/phantom_T1_to_T2-SPIR.yml"
-    organ_attention_config: str = "training_configs/organ_attention/phantom_T1_to_T2-SPIR.yml"
     vae_config: str = "training_configs/demo/train_vae_phantom.yml"
     unet_config: str = "training_configs/demo/train_unet_phantom.yml"
     vae_overrides: list[str] = field(default_factory=list)
     unet_overrides: list[str] = field(default_factory=list)
     controlnet_overrides: list[str] = field(default_factory=list)
-    organ_attention_overrides: list[str] = field(default_factory=list)
 
 
 @dataclass

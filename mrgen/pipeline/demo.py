@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 
-from mrgen.config import ControlNetConfig, OrganAttentionConfig, UNetConfig, VAEConfig, dump_yaml, load_config
+from mrgen.config import ControlNetConfig, UNetConfig, VAEConfig, dump_yaml, load_config
 from mrgen.data.modalities import modality_key
 from mrgen.data.phantom import DEFAULT_MODALITIES, generate_phantom_dataset
 from mrgen.io.atomic import atomic_write_text
@@ -27,53 +27,40 @@ from mrgen.synthesis.run import SynthesisOptions, synthesize
 log = logging.getLogger(__name__)
 
 
-CONDITIONING_STAGES = {"controlnet": ["train_controlnet"],
-                       "self_trained_controlnet": ["train_organ_attention", "train_controlnet"]}
-
-
 def stage_names(config: PipelineConfig) -> list[str]:
-    m = config.models
-    training = ["train_vae", "train_unet", *CONDITIONING_STAGES[m.conditioning]] if m.train else []
+    training = ["train_vae", "train_unet", "train_controlnet"] if config.models.train else []
     return ["dataset", *training, "synthesis", "nnunet_data", "nnunet_train", "evaluation", "synthetic_measures"]
 
 
-def pair_config_for(config_path: str, out: Path, data: Path, name: str = "pair.yml") -> Path:
+def pair_config_for(config_path: str, out: Path, data: Path) -> Path:
     """A pair config with its data pointed at this run's dataset (a two-line file inheriting the original)."""
-    path = out / name
+    path = out / "pair.yml"
     atomic_write_text(path, f"base: {Path(config_path).resolve()}\ndata:\n  data_root: {data.resolve()}\n")
     return path
 
 
 def train_models(config: PipelineConfig, runner: StageRunner, out: Path, data: Path,
                  pair: Path) -> tuple[Path, Path]:
-    """Train the VAE, the UNet and the ControlNet (after organ attention, if self-trained); (pipeline folder,
-    ControlNet folder)."""
-    from mrgen.training import train_controlnet, train_organ_attention, train_unet, train_vae
+    """Train the VAE, the UNet and the ControlNet (self-trained, if the config says so); (pipeline folder, ControlNet
+    folder)."""
+    from mrgen.training import train_controlnet, train_unet, train_vae
 
     m = config.models
     common = [f"seed={config.seed}", f"data.index_paths=[{data / 'image_text_train.json'}]",
               f"data.test_index_paths=[{data / 'image_text_test.json'}]"]
-    folders = {name: out / "train" / name / "pipeline" for name in ("vae", "unet", "organ_attention", "controlnet")}
+    folders = {name: out / "train" / name / "pipeline" for name in ("vae", "unet", "controlnet")}
     runner.run("train_vae", lambda: {"pipeline": str(train_vae(load_config(
         m.vae_config, VAEConfig, [*common, f"output_dir={out / 'train' / 'vae'}", *m.vae_overrides]), resume="latest"))})
     runner.run("train_unet", lambda: {"pipeline": str(train_unet(load_config(
         m.unet_config, UNetConfig, [*common, f"output_dir={out / 'train' / 'unet'}",
                                     f"model.pretrained_model_path={folders['vae']}", *m.unet_overrides]), resume="latest"))})
 
-    def conditioning(stage: str) -> list[str]:
-        return [f"seed={config.seed}", f"output_dir={out / 'train' / stage}",
-                f"model.pretrained_model_path={folders['unet']}"]
-
-    if "train_organ_attention" in CONDITIONING_STAGES[m.conditioning]:
-        config_path = pair_config_for(m.organ_attention_config, out, data, "organ_attention.yml")
-        runner.run("train_organ_attention", lambda: {"pipeline": str(train_organ_attention(load_config(
-            config_path, OrganAttentionConfig, [*conditioning("organ_attention"), *m.organ_attention_overrides]),
-            resume="latest"))})
-    self_training = [f"self_training.organ_attention={folders['organ_attention']}", "train.cache_latents=false"] \
+    controlnet = [f"seed={config.seed}", f"output_dir={out / 'train' / 'controlnet'}",
+                  f"model.pretrained_model_path={folders['unet']}"]
+    self_training = ["self_training.enabled=true", "train.cache_latents=false"] \
         if m.conditioning == "self_trained_controlnet" else []
     runner.run("train_controlnet", lambda: {"pipeline": str(train_controlnet(load_config(
-        pair, ControlNetConfig, [*conditioning("controlnet"), *self_training, *m.controlnet_overrides]),
-        resume="latest"))})
+        pair, ControlNetConfig, [*controlnet, *self_training, *m.controlnet_overrides]), resume="latest"))})
     return folders["controlnet"], folders["controlnet"]
 
 

@@ -105,7 +105,7 @@ def _pictures(out: Path, results: dict[str, dict[str, Any]], records: list[dict[
                   "then one rejected candidate of each further mask.", ""]
     lines += [f"![filter scores]({_link(out / 'synthesis' / 'filter_scores.png', out)})", "",
               "Quality-filter scores of every candidate, with the strict and relaxed thresholds.", ""]
-    for stage in ("vae", "unet", "controlnet", "organ_attention"):
+    for stage in ("vae", "unet", "controlnet"):
         curve = out / "train" / stage / "loss_curve.png"
         if curve.is_file():
             lines += [f"![{stage} loss]({_link(curve, out)})", "", f"{stage} training loss.", ""]

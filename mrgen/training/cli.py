@@ -7,9 +7,8 @@ import logging
 from typing import Callable, Sequence
 
 from mrgen.cli import exit_on_user_error
-from mrgen.config import ORIGINAL_PAIR_CONFIG, ControlNetConfig, OrganAttentionConfig, UNetConfig, VAEConfig, load_config
+from mrgen.config import ORIGINAL_PAIR_CONFIG, ControlNetConfig, UNetConfig, VAEConfig, load_config
 from mrgen.training.controlnet_stage import train_controlnet
-from mrgen.training.organ_attention_stage import train_organ_attention
 from mrgen.training.unet_stage import train_unet
 from mrgen.training.vae_stage import train_vae
 
@@ -24,8 +23,6 @@ STAGES: dict[str, tuple[type, Callable, str]] = {
     "vae": (VAEConfig, train_vae, "Stage 1: train the 1-channel KL-VAE."),
     "unet": (UNetConfig, train_unet, "Stage 2: train the text-conditioned latent-diffusion UNet."),
     "controlnet": (ControlNetConfig, train_controlnet, "Stage 3: train the mask-conditioned ControlNet of one pair."),
-    "organ_attention": (OrganAttentionConfig, train_organ_attention,
-                        "Stage 3b (an alternative to the ControlNet): self-train the organ-word attention of one pair."),
 }
 
 
@@ -34,9 +31,8 @@ def parse_args(stage: str, argv: Sequence[str] | None) -> argparse.Namespace:
         prog=f"train_{stage}.py", description=STAGES[stage][2],
         epilog="Launch with `accelerate launch` for several GPUs. Example overrides: train.max_train_steps=100 "
                "train.learning_rate=1e-4 output_dir=runs/try1")
-    default = DEFAULT_CONFIGS.get(stage)
-    parser.add_argument("--config", required=default is None, default=default,
-                        help="the YAML config" + (f" (default: {default}, the original's)" if default else ""))
+    default = DEFAULT_CONFIGS[stage]
+    parser.add_argument("--config", default=default, help=f"the YAML config (default: {default}, the original's)")
     parser.add_argument("--resume", default=None, metavar="latest|PATH",
                         help="continue from the newest checkpoint in output_dir/checkpoints, or from a given "
                              "checkpoint folder")

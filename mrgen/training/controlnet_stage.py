@@ -6,11 +6,11 @@ source-modality slices with their encoded organ masks and unannotated target-mod
 empty (all -1) condition and the target prompt (``PairDataset``). Loss: the UNet's epsilon (or v) MSE with the
 ControlNet's residuals added.
 
-With ``self_training.organ_attention`` (a deviation, docs/mask_following.md) a trained organ-attention
-pipeline folder first renders training source masks in the target modality (``mrgen.training.self_samples``);
-the ones whose every organ the offline segmenter finds near its mask join the pairs as annotated target-modality
-slices, with the segmented organ regions as their masks, so the ControlNet learns the target look of the organs
-it places.
+With ``self_training.enabled`` (ours, docs/mask_following.md) the frozen UNet, steered by organ-word attention
+(``mrgen.models.organ_attention``), first renders training source masks in the target modality
+(``mrgen.training.self_samples``); the ones whose every organ the offline segmenter finds near its mask join the pairs
+as annotated target-modality slices, with the segmented organ regions as their masks, so the ControlNet learns the
+target look of the organs it places.
 """
 
 from __future__ import annotations
@@ -48,7 +48,6 @@ from mrgen.models.organ_attention import OrganAttention
 from mrgen.models.pipeline_folder import (
     TextEncoderSpec,
     export_frozen,
-    load_pipeline_components,
     text_encoder_spec,
     write_text_encoder,
 )
@@ -115,9 +114,9 @@ class ControlNetStage:
         self.config, self.accelerator, self.pair = config, accelerator, config.data
         model, train = config.model, config.train
         self.pretrained = require_pretrained_path(model, "ControlNet", "the trained vae/ and unet/")
-        if config.self_training.organ_attention and train.cache_latents:
-            raise ValueError("train.cache_latents is not supported with self_training.organ_attention (the self-samples "
-                             "are not in the latent cache); set it to false")
+        if config.self_training.enabled and train.cache_latents:
+            raise ValueError("train.cache_latents is not supported with self_training.enabled (the self-samples are "
+                             "not in the latent cache); set it to false")
         self.dtype = weight_dtype(accelerator)
         self.vae = freeze(load_pretrained(self.pretrained, VAE), accelerator.device, self.dtype)
         self.resolution = model.resolution or int(self.vae.config.sample_size)
@@ -138,7 +137,7 @@ class ControlNetStage:
         following = config.validation.mask_following_images
         self.following_items = dataset.validation_items(following) if following > 1 else []
         self.real_reference: dict[str, float] | None = None  # computed at the first validation
-        if config.self_training.organ_attention:
+        if config.self_training.enabled:
             self.train_dataset = self._with_self_samples(dataset, output_dir / SELF_SAMPLES_DIR)
         else:
             self.train_dataset = training_dataset(dataset, self.vae, train, accelerator, output_dir, self.resolution)
@@ -146,25 +145,17 @@ class ControlNetStage:
                              self.prompts, train)
 
     def _with_self_samples(self, dataset: PairDataset, folder: Path) -> SelfSamplePairs:
-        """The pairs plus the kept self-samples of the organ-attention folder (rendered on the main process)."""
+        """The pairs plus the kept self-samples, rendered by the frozen UNet under organ-word attention (on the main
+        process; the UNet's attention processors are restored afterwards)."""
         options = self.config.self_training
-        source = Path(options.organ_attention)
-        spec = text_encoder_spec(source)
-        if spec.kind != self.text_spec.kind:
-            raise ValueError(f"self_training.organ_attention {source} uses the {spec.kind} text encoder but this "
-                             f"ControlNet's UNet {self.text_spec.kind}; both must share one")
-        parts = load_pipeline_components(source, with_text_encoder=False, device=self.accelerator.device,
-                                         dtype=self.dtype)
-        if parts.organ_attention is None:
-            raise ValueError(f"self_training.organ_attention {source} has no organ_attention/: give the pipeline "
-                             f"folder train_organ_attention.py wrote")
-        attention = OrganAttention(parts.unet, parts.organ_attention, spec.load_tokenizer(), self.pair.organs,
-                                   int(parts.scheduler_config["num_train_timesteps"]))
-        sampler = SelfSampler(attention, parts.vae, self.prompts, parts.scheduler_config, options, self.config.seed)
+        attention = OrganAttention(self.unet, self.text_spec.load_tokenizer(), self.pair.organs, options.organ_weight,
+                                   int(self.scheduler_config["num_train_timesteps"]))
         threshold = options.min_organ_iou
-        kept = kept_self_samples(sampler, self.accelerator, folder, dataset, self.resolution,
-                                 lambda samples: all_organs_reach(samples, threshold),
-                                 f"every organ's IoU >= {threshold:g}")
+        with attention:
+            sampler = SelfSampler(attention, self.vae, self.prompts, self.scheduler_config, options, self.config.seed)
+            kept = kept_self_samples(sampler, self.accelerator, folder, dataset, self.resolution,
+                                     lambda samples: all_organs_reach(samples, threshold),
+                                     f"every organ's IoU >= {threshold:g}")
         return SelfSamplePairs(dataset, kept, self.pair, options.share)
 
     def _make_controlnet(self, unet, condition_channels: int) -> ControlNetModel:

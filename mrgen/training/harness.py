@@ -37,7 +37,7 @@ from diffusers.training_utils import EMAModel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
-from mrgen.config import (PairStageConfig, StageConfig, TrainSection, UNetConfig, VAEConfig, dump_yaml, flatten,
+from mrgen.config import (ControlNetConfig, StageConfig, TrainSection, UNetConfig, VAEConfig, dump_yaml, flatten,
                           to_dict)
 from mrgen.io.atomic import atomic_write_text
 from mrgen.models.builders import load_pretrained
@@ -111,7 +111,7 @@ class EpochShuffleSampler(Sampler[int]):
         return self.size
 
 
-def run_training(config: VAEConfig | UNetConfig | PairStageConfig, make_stage: StageFactory,
+def run_training(config: VAEConfig | UNetConfig | ControlNetConfig, make_stage: StageFactory,
                  resume: str | None = None) -> Path:
     """Train ``make_stage(accelerator)`` per ``config.train`` and return the exported pipeline folder."""
     train = config.train

@@ -1,14 +1,11 @@
-"""Self-samples: training source masks rendered in the *target* modality through organ-word attention
-(``mrgen.models.organ_attention``), each organ segmented by the offline filter's segmenter inside its mask's box.
+"""Self-samples: training source masks rendered in the *target* modality by the trained UNet under organ-word
+attention (``mrgen.models.organ_attention``), each organ segmented by the offline filter's segmenter inside its mask's
+box.
 
-Two stages train on them (docs/mask_following.md):
-
-- the organ-attention stage renders them with its untrained bias and trains its cross-attention on the
-  ones whose organs' mean IoU reaches ``organ_attention.min_iou``;
-- the ControlNet stage, given a trained organ-attention pipeline folder (``self_training.organ_attention``, round
-  14), trains on the ones whose every organ reaches ``self_training.min_organ_iou`` as *annotated target-modality*
-  pairs, with the segmenter's organ regions as their masks: the organs then sit exactly where the image has them,
-  which the source masks they were drawn from only roughly say.
+The ControlNet stage with ``self_training.enabled`` trains on the ones whose every organ reaches
+``self_training.min_organ_iou`` as *annotated target-modality* pairs, with the segmenter's organ regions as their
+masks: the organs then sit exactly where the image has them, which the source masks they were drawn from only
+roughly say (docs/mask_following.md).
 
 Files under ``<output_dir>/self_samples/``: ``chunk_XXXXX.npz`` (``CHUNK`` masks each, written whole, so a killed
 run keeps its finished chunks and renders only the rest) with ``index`` (position in the pair's source list),
@@ -30,7 +27,7 @@ from accelerate import Accelerator
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from mrgen.config import SelfSamplingSection
+from mrgen.config import SelfTrainingSection
 from mrgen.data.datasets import PairConfig, PairDataset, load_condition, pair_prompt
 from mrgen.data.preprocess import signed_to_uint8
 from mrgen.data.prompts import EMPTY_PROMPT
@@ -79,7 +76,7 @@ class SelfSampler:
     vae: Any
     prompts: Callable[[list[str]], torch.Tensor]  # prompt strings -> embeddings (the stage's table)
     scheduler_config: dict[str, Any]
-    options: SelfSamplingSection
+    options: SelfTrainingSection
     seed: int
 
     def render(self, folder: Path, pairs: PairDataset, resolution: int) -> dict[str, np.ndarray]:
