@@ -46,6 +46,8 @@ PAIRS = {  # zoo folder name -> (config, extra overrides)
 SELF_TRAINED = {  # zoo folder name -> (config, the ControlNet it starts from)
     "controlnet_self_trained_T1-InPhase_to_T2-SPIR": ("controlnet_self_trained_phantom_T1_to_T2-SPIR.yml",
                                                       "controlnet_T1-InPhase_to_T2-SPIR"),
+    "controlnet_self_trained_T2-SPIR_to_T1-InPhase": ("controlnet_self_trained_phantom_T2-SPIR_to_T1.yml",
+                                                      "controlnet_T2-SPIR_to_T1-InPhase"),
 }
 
 

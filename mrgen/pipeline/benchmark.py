@@ -88,7 +88,8 @@ class BenchmarkConfig:
                  "zoo/phantom/controlnet_T1-InPhase_to_T2-SPIR", "zoo/phantom/controlnet_T1-InPhase_to_T2-SPIR_no_target_images",
                  "zoo/phantom/controlnet_self_trained_T1-InPhase_to_T2-SPIR"),
         PairSpec("T2-SPIR", "T1-InPhase", "training_configs/controlnet/phantom_T2-SPIR_to_T1.yml",
-                 "zoo/phantom/controlnet_T2-SPIR_to_T1-InPhase", ""),
+                 "zoo/phantom/controlnet_T2-SPIR_to_T1-InPhase", "",
+                 "zoo/phantom/controlnet_self_trained_T2-SPIR_to_T1-InPhase"),
     ])
     # 24 cases per contrast: 18 training and 6 held-out test volumes (patients) per modality
     dataset: DatasetSection = field(default_factory=lambda: DatasetSection(cases=24))
