@@ -58,8 +58,6 @@ class Stage(Protocol):
 
     name: str  # the trained component: "vae", "unet" or "controlnet" (its folder name in checkpoints)
     trained_model: ModelMixin  # the diffusers model whose weights are trained and saved
-    # optional ``companions``: {name: (model, learning rate)}, further models trained with it (own LR group, in the
-    # EMA, saved in checkpoints as <name>/); the stage's export writes them
     module: torch.nn.Module  # what is prepared and called: the model itself or a wrapper around it
     train_dataset: Dataset
 
@@ -168,11 +166,8 @@ class _Loop:
         model = stage.trained_model
         if train.gradient_checkpointing:
             model.enable_gradient_checkpointing()
-        self.companions: dict[str, tuple[ModelMixin, float]] = getattr(stage, "companions", {})
         self.ema = self._make_ema(model) if train.use_ema else None
-        groups = [{"params": list(model.parameters())}]
-        groups += [{"params": list(m.parameters()), "lr": lr} for m, lr in self.companions.values()]
-        optimizer = make_optimizer(groups, train, accelerator.device)
+        optimizer = make_optimizer(model.parameters(), train, accelerator.device)
         self.lr_scheduler = make_lr_scheduler(optimizer, train)
         self.sampler = EpochShuffleSampler(len(stage.train_dataset), config.seed)
         self.keyed_dataset = KeyedDataset(stage.train_dataset, config.seed)
@@ -187,9 +182,8 @@ class _Loop:
 
     # ----- setup -------------------------------------------------------------------------------------
     def _trained_parameters(self) -> list[torch.nn.Parameter]:
-        """The trained model's parameters, then its companions' (what the EMA averages)."""
-        models = [self.stage.trained_model, *(m for m, _ in self.companions.values())]
-        return [p for m in models for p in m.parameters()]
+        """The trained model's parameters (what the EMA averages)."""
+        return list(self.stage.trained_model.parameters())
 
     def _make_ema(self, model: ModelMixin) -> EMAModel:
         ema = EMAModel(self._trained_parameters(), decay=self.train.ema_decay, use_ema_warmup=self.train.ema_warmup,
@@ -228,16 +222,12 @@ class _Loop:
         """Save the trained model as a stock diffusers folder instead of accelerate's raw state dict."""
         if self.accelerator.is_main_process:
             self.stage.trained_model.save_pretrained(Path(output_dir) / self.stage.name)
-            for name, (companion, _) in self.companions.items():
-                companion.save_pretrained(Path(output_dir) / name)
         while weights:
             weights.pop()
 
     def _load_model_hook(self, models: list, input_dir: str) -> None:
         loaded = load_pretrained(input_dir, self.stage.name)
         self.stage.trained_model.load_state_dict(loaded.state_dict())
-        for name, (companion, _) in self.companions.items():
-            companion.load_state_dict(load_pretrained(input_dir, name).state_dict())
         while models:
             models.pop()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from typing import Any, Iterable
+from typing import Iterable
 
 import torch
 from diffusers.optimization import get_scheduler
@@ -14,16 +14,13 @@ from mrgen.config import TrainSection
 log = logging.getLogger(__name__)
 
 
-def make_optimizer(groups: Iterable[dict[str, Any]], train: TrainSection,
+def make_optimizer(parameters: Iterable[torch.nn.Parameter], train: TrainSection,
                    device: torch.device) -> torch.optim.Optimizer:
-    """AdamW with the config's betas, decay and epsilon; bitsandbytes' 8-bit AdamW when asked and usable.
-
-    ``groups``: torch parameter groups (``{"params": [...]}``, optionally with their own ``lr``; the config's
-    learning rate otherwise); parameters that do not require gradients are left out.
-    """
+    """AdamW with the config's betas, decay and epsilon over the ``parameters`` that require gradients; bitsandbytes'
+    8-bit AdamW when asked and usable."""
     kwargs = dict(lr=train.learning_rate, betas=(train.adam_beta1, train.adam_beta2),
                   weight_decay=train.adam_weight_decay, eps=train.adam_epsilon)
-    params = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in groups]
+    params = [p for p in parameters if p.requires_grad]
     if train.use_8bit_adam:
         if device.type == "cuda" and importlib.util.find_spec("bitsandbytes") is not None:
             import bitsandbytes as bnb

@@ -79,7 +79,7 @@ def make_step(stage: str, root: Path, batch: int, device: torch.device, precisio
 def make_optimizer(model: torch.nn.Module, device: torch.device, eight_bit: bool = False) -> torch.optim.Optimizer:
     """The training stages' optimizer (mrgen.training.optim) at a small learning rate."""
     train = TrainSection(learning_rate=1e-5, use_8bit_adam=eight_bit)
-    return optim.make_optimizer([{"params": list(model.parameters())}], train, device)
+    return optim.make_optimizer(model.parameters(), train, device)
 
 
 def time_steps(model: torch.nn.Module, step: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer,
