@@ -68,8 +68,7 @@ from mrgen.training.diffusion import (
     write_scheduler,
 )
 from mrgen.training.harness import run_training
-from mrgen.training.self_samples import (SELF_SAMPLES_DIR, SelfSamplePairs, SelfSampler, all_organs_reach,
-                                         kept_self_samples)
+from mrgen.training.self_samples import SELF_SAMPLES_DIR, SelfSamplePairs, SelfSampler, kept_self_samples
 from mrgen.training.visuals import (
     colour_masks,
     outline_masks,
@@ -150,12 +149,9 @@ class ControlNetStage:
         options = self.config.self_training
         attention = OrganAttention(self.unet, self.text_spec.load_tokenizer(), self.pair.organs, options.organ_weight,
                                    int(self.scheduler_config["num_train_timesteps"]))
-        threshold = options.min_organ_iou
+        sampler = SelfSampler(attention, self.vae, self.prompts, self.scheduler_config, options, self.config.seed)
         with attention:
-            sampler = SelfSampler(attention, self.vae, self.prompts, self.scheduler_config, options, self.config.seed)
-            kept = kept_self_samples(sampler, self.accelerator, folder, dataset, self.resolution,
-                                     lambda samples: all_organs_reach(samples, threshold),
-                                     f"every organ's IoU >= {threshold:g}")
+            kept = kept_self_samples(sampler, self.accelerator, folder, dataset, self.resolution)
         return SelfSamplePairs(dataset, kept, self.pair, options.share)
 
     def _make_controlnet(self, unet, condition_channels: int) -> ControlNetModel:

@@ -105,8 +105,6 @@ class SelfSampler:
         pair, unet, options = pairs.pair, self.attention.unet, self.options
         scheduler = make_scheduler("dpm-solver++", self.scheduler_config)
         latent_size = resolution // vae_scale_factor(self.vae.config)
-        was_training = unet.training
-        unet.eval()
         records: dict[str, list] = {key: [] for key in ("index", "images", "masks", "regions", "organ_iou", "iou",
                                                          "prompts")}
         for start in range(0, len(chunk), options.sampling_batch):
@@ -126,19 +124,19 @@ class SelfSampler:
                                    ("organ_iou", ious), ("iou", mean_present_iou(ious, mask)), ("prompts", prompt)):
                     records[key].append(value)
             bar.update(len(batch))
-        unet.train(was_training)
         return {key: np.asarray(value) for key, value in records.items()}
 
 
 def kept_self_samples(sampler: SelfSampler, accelerator: Accelerator, folder: Path, pairs: PairDataset,
-                      resolution: int, keep: Callable[[dict[str, np.ndarray]], np.ndarray], rule: str
-                      ) -> dict[str, np.ndarray]:
-    """Render (on the main process; the others wait), summarise, and return the self-samples ``keep`` selects."""
+                      resolution: int) -> dict[str, np.ndarray]:
+    """Render (on the main process; the others wait), summarise, and return the self-samples whose every organ
+    reaches ``min_organ_iou``."""
     if accelerator.is_main_process:
         sampler.render(folder, pairs, resolution)
     accelerator.wait_for_everyone()
     everything = sampler.render(folder, pairs, resolution)  # every chunk is on disk by now: this loads them
-    kept = keep(everything)
+    threshold = sampler.options.min_organ_iou
+    kept, rule = all_organs_reach(everything, threshold), f"every organ's IoU >= {threshold:g}"
     if accelerator.is_main_process:
         summarise(folder, everything, kept, rule, pairs.pair.name)
     log.info("self-samples: %d of %d kept (%s)", kept.sum(), len(kept), rule)
