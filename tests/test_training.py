@@ -44,12 +44,16 @@ TINY = str(REPO / "ckpt" / "tiny")
 VALIDATION = ValidationSection(num_images=2, num_inference_steps=2, guidance_scale=2.0)
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
+def reset_accelerate_state() -> None:
     """Each run in this process builds its own Accelerator; accelerate keeps singletons between them."""
-    yield
     AcceleratorState._reset_state(True)
     GradientState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    yield
+    reset_accelerate_state()
 
 
 @pytest.fixture(scope="module")
@@ -93,8 +97,7 @@ def toy_pair(data: dict[str, Path]) -> PairConfig:
 def vae_pipeline(toy_data, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("vae_run")
     pipeline = train_vae(vae_config(out, toy_data))
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     return pipeline
 
 
@@ -102,8 +105,7 @@ def vae_pipeline(toy_data, tmp_path_factory) -> Path:
 def unet_pipeline(toy_data, vae_pipeline, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("unet_run")
     pipeline = train_unet(unet_config(out, toy_data, vae_pipeline, cache_latents=True, use_ema=True))
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     return pipeline
 
 
@@ -170,13 +172,9 @@ def test_controlnet_self_training_adds_segmented_target_pairs_and_keeps_them_acr
             self_training=SelfTrainingSection(enabled=True, self_samples=self_samples, min_organ_iou=0.0,
                                               sampling_steps=2, sampling_batch=2, share=1.0))
 
-    def reset() -> None:
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
-
     with pytest.raises(ValueError, match="cache_latents"):
         train_controlnet(config(cache_latents=True))
-    reset()
+    reset_accelerate_state()
     assert (train_controlnet(config(cache_latents=False)) / "controlnet").is_dir()
     samples = tmp_path / "self_samples"
     summary = json.loads((samples / "summary.json").read_text())
@@ -185,15 +183,15 @@ def test_controlnet_self_training_adds_segmented_target_pairs_and_keeps_them_acr
     assert chunk["regions"].shape == chunk["masks"].shape and chunk["organ_iou"].shape == (3, len(ORGANS))
     assert (samples / "examples.png").is_file()
     rendered = (samples / "chunk_00000.npz").stat().st_mtime_ns
-    reset()
+    reset_accelerate_state()
     train_controlnet(config(steps=2, cache_latents=False), resume="latest")
     assert (samples / "chunk_00000.npz").stat().st_mtime_ns == rendered  # not rendered again
     assert checkpoints.list_checkpoints(tmp_path / "checkpoints")[-1].name == "checkpoint-2"
-    reset()
+    reset_accelerate_state()
     fewer = config(steps=3, self_samples=2, cache_latents=False)
     with pytest.raises(checkpoints.ResumeError, match="self_training.self_samples: 3 in the checkpoint, 2 now"):
         train_controlnet(fewer, resume="latest")  # refused before any work
-    reset()
+    reset_accelerate_state()
     shutil.rmtree(tmp_path / "checkpoints")
     with pytest.raises(ValueError, match="holds other masks"):  # a changed sample count never mixes two runs
         train_controlnet(fewer)
@@ -258,8 +256,7 @@ def test_resume_equals_a_straight_run(toy_data, vae_pipeline: Path, tmp_path: Pa
     settings = dict(max_train_steps=4, checkpointing_steps=2, use_ema=True, prompt_dropout=0.5,
                     lr_scheduler="cosine", lr_warmup_steps=1)
     train_unet(unet_config(tmp_path / "straight", toy_data, vae_pipeline, **settings))
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
 
     commit = checkpoints.commit
 
@@ -274,8 +271,7 @@ def test_resume_equals_a_straight_run(toy_data, vae_pipeline: Path, tmp_path: Pa
     with pytest.raises(_Interrupt):
         train_unet(resumed)
     monkeypatch.undo()
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     with caplog.at_level(logging.INFO, logger="mrgen.training.harness"):
         train_unet(resumed, resume="latest")
     assert "resumed at optimizer step 2" in caplog.text
@@ -288,8 +284,7 @@ def test_resume_equals_a_straight_run(toy_data, vae_pipeline: Path, tmp_path: Pa
 
     # the restored optimizer and scheduler would keep the old learning rate: a changed one is refused up front,
     # a longer run (max_train_steps) is not; a --resume path that does not exist fails before any work
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    reset_accelerate_state()
     changed = unet_config(tmp_path / "resumed", toy_data, vae_pipeline, **{**settings, "learning_rate": 0.5})
     with pytest.raises(checkpoints.ResumeError, match=r"train\.learning_rate: 0\.001 in the checkpoint, 0\.5 now"):
         train_unet(changed, resume="latest")
@@ -319,8 +314,7 @@ def test_accumulating_two_micro_batches_equals_one_double_batch(toy_data, tmp_pa
                             **settings)
         config.data = ImageTextData(index_paths=[str(eight)], test_index_paths=[str(toy_data["target"])])
         train_vae(config)
-        AcceleratorState._reset_state(True)
-        GradientState._reset_state()
+        reset_accelerate_state()
         found = checkpoints.list_checkpoints(Path(config.output_dir) / "checkpoints")
         assert [p.name for p in found] == ["checkpoint-3"]  # rotation kept only the newest
         results.append({"weights": load_file(found[0] / "vae" / "diffusion_pytorch_model.safetensors"),
